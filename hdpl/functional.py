@@ -6,12 +6,12 @@
 __all__ = ['LN2', 'check_groups', 'block_diag_dense', 'block_diag_conv1d', 'block_diag_bmm', 'reparameterize', 'gaussian_kl',
            'kl_per_token', 'bounded_kl_loss', 'hdpl_num_params']
 
-# %% ../nbs/00_functional.ipynb #93400d41
+# %% ../nbs/00_functional.ipynb #f6ff2571
 import math
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/00_functional.ipynb #57e2b580
+# %% ../nbs/00_functional.ipynb #c15fc78f
 def check_groups(in_features:int, out_features:int, groups:int):
     "Raise a clear `ValueError` unless both feature sizes split into `groups` equal groups."
     if not isinstance(groups, int) or groups < 1: raise ValueError(f"groups must be a positive integer, got {groups!r}")
@@ -20,7 +20,7 @@ def check_groups(in_features:int, out_features:int, groups:int):
             raise ValueError(f"{name}={n} is not divisible by groups={groups}: the block-diagonal path needs equal "
                              f"groups. Choose groups among the common divisors of {in_features} and {out_features}.")
 
-# %% ../nbs/00_functional.ipynb #b895afab
+# %% ../nbs/00_functional.ipynb #40de7d40
 def block_diag_dense(weight:torch.Tensor, # `(out_features, in_features // groups)` stacked blocks
                      groups:int) -> torch.Tensor: # `(out_features, in_features)` with zero off-diagonal blocks
     "The full block-diagonal matrix that `weight` stands for (form 1: for checking, not for speed)."
@@ -28,7 +28,7 @@ def block_diag_dense(weight:torch.Tensor, # `(out_features, in_features // group
     go = out_f // groups
     return torch.block_diag(*weight.view(groups, go, gi).unbind(0))
 
-# %% ../nbs/00_functional.ipynb #338fb66f
+# %% ../nbs/00_functional.ipynb #d7de0407
 def block_diag_conv1d(x:torch.Tensor, weight:torch.Tensor, groups:int) -> torch.Tensor:
     "Block path as the paper's Algorithm 1: a grouped `Conv1d` with kernel size 1 over `(..., in_features)`."
     lead = x.shape[:-1]
@@ -36,7 +36,7 @@ def block_diag_conv1d(x:torch.Tensor, weight:torch.Tensor, groups:int) -> torch.
     y = F.conv1d(x3, weight.unsqueeze(-1), groups=groups)       # (B, out_features, T)
     return y.transpose(1, 2).reshape(*lead, weight.shape[0])
 
-# %% ../nbs/00_functional.ipynb #a1952ca8
+# %% ../nbs/00_functional.ipynb #0c46c9ae
 def block_diag_bmm(x:torch.Tensor, weight:torch.Tensor, groups:int) -> torch.Tensor:
     "Block path as one batched matmul over the `groups` blocks, for `(..., in_features)` inputs."
     out_f, gi = weight.shape
@@ -45,18 +45,18 @@ def block_diag_bmm(x:torch.Tensor, weight:torch.Tensor, groups:int) -> torch.Ten
     yg = torch.bmm(xg, weight.view(groups, out_f // groups, gi).transpose(1, 2))  # (K, N, out/K)
     return yg.transpose(0, 1).reshape(*lead, out_f)
 
-# %% ../nbs/00_functional.ipynb #d0abfb2a
+# %% ../nbs/00_functional.ipynb #6ae24900
 def reparameterize(mu:torch.Tensor, logvar:torch.Tensor, training:bool=True) -> torch.Tensor:
     "`mu + exp(logvar/2) * eps` with `eps ~ N(0, I)` in training; `mu` itself at evaluation."
     if not training: return mu
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-# %% ../nbs/00_functional.ipynb #b4b03d61
+# %% ../nbs/00_functional.ipynb #4d0c5ff8
 def gaussian_kl(mu:torch.Tensor, logvar:torch.Tensor) -> torch.Tensor:
     "Elementwise KL( N(mu, exp(logvar)) || N(0, 1) ) in nats (Eq. 8), same shape as `mu`."
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
 
-# %% ../nbs/00_functional.ipynb #b3f8d6c5
+# %% ../nbs/00_functional.ipynb #dde389e9
 LN2 = math.log(2.0)
 
 def kl_per_token(mu:torch.Tensor, logvar:torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def bounded_kl_loss(mu:torch.Tensor, logvar:torch.Tensor, beta:float=1e-3, bound
     kl = kl_per_token(mu.to(dt), logvar.to(dt))
     return beta * kl.clamp(max=bound).mean()
 
-# %% ../nbs/00_functional.ipynb #3a402c53
+# %% ../nbs/00_functional.ipynb #dbeb7cff
 def hdpl_num_params(in_features:int, out_features:int, rank:int=128, groups:int=8,
                     encoder_bias:bool=True, bias:bool=False) -> int:
     "Exact parameter count of one HDPL projection (Eq. 14 plus the encoder biases of the paper's code)."

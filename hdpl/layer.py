@@ -5,15 +5,13 @@
 # %% auto #0
 __all__ = ['IMPLS', 'INITS', 'HybridDualPathLinear', 'pop_aux_loss', 'agreement']
 
-# %% ../nbs/01_layer.ipynb #4c574c7e
-import math
+# %% ../nbs/01_layer.ipynb #bcd547ef
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .functional import (LN2, check_groups, block_diag_conv1d, block_diag_bmm, reparameterize,
-                             bounded_kl_loss, hdpl_num_params)
+from .functional import LN2, check_groups, block_diag_conv1d, block_diag_bmm, reparameterize, bounded_kl_loss
 
-# %% ../nbs/01_layer.ipynb #ccf24f84
+# %% ../nbs/01_layer.ipynb #88147d7c
 IMPLS = ('fast', 'reference')
 INITS = ('paper', 'identity')
 
@@ -51,7 +49,7 @@ class HybridDualPathLinear(nn.Module):
                 f"groups={self.groups}, beta={self.beta:g}, impl={self.impl!r}, bias={self.bias is not None}"
                 + ("" if self.init == 'paper' else f", init={self.init!r}"))
 
-# %% ../nbs/01_layer.ipynb #285e6757
+# %% ../nbs/01_layer.ipynb #57f707df
 def _orthogonal_(t:torch.Tensor):
     "`nn.init.orthogonal_` computed in float32 (QR has no bf16 kernel) and copied into `t` in place."
     if t.dtype in (torch.float32, torch.float64): return nn.init.orthogonal_(t)
@@ -76,7 +74,7 @@ def _reset_parameters(self:HybridDualPathLinear):
 
 HybridDualPathLinear.reset_parameters = _reset_parameters
 
-# %% ../nbs/01_layer.ipynb #67d1e585
+# %% ../nbs/01_layer.ipynb #4659dddf
 def _forward_reference(self:HybridDualPathLinear, x):
     "The paper's Algorithm 1: grouped Conv1d block path, separate mu / log-variance encoders, KL of Eq. 9."
     R = self.rank
@@ -88,7 +86,7 @@ def _forward_reference(self:HybridDualPathLinear, x):
     aux = bounded_kl_loss(mu, logvar, self.beta, self.kl_bound) if self.training else None
     return out, aux
 
-# %% ../nbs/01_layer.ipynb #9397a3a1
+# %% ../nbs/01_layer.ipynb #3813237d
 def _forward_fast(self:HybridDualPathLinear, x):
     "Same function as `_forward_reference`: bmm blocks, one encoder GEMM, decoder fused into the sum with addmm."
     R, x2 = self.rank, x.reshape(-1, self.in_features)
@@ -103,7 +101,7 @@ def _forward_fast(self:HybridDualPathLinear, x):
     out = torch.addmm(block, F.silu(z), self.decoder_weight.t())
     return out.view(*x.shape[:-1], self.out_features), aux
 
-# %% ../nbs/01_layer.ipynb #fec6f1cb
+# %% ../nbs/01_layer.ipynb #d8b44801
 def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
     if x.dim() == 0 or x.shape[-1] != self.in_features:
         raise ValueError(f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
@@ -115,7 +113,7 @@ def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
 
 HybridDualPathLinear.forward = _forward
 
-# %% ../nbs/01_layer.ipynb #f1f90e43
+# %% ../nbs/01_layer.ipynb #db6dd3b7
 def pop_aux_loss(model:nn.Module, device=None) -> torch.Tensor:
     "Sum and clear `aux_loss` of every `HybridDualPathLinear` in `model`: a 0-dim float32 tensor."
     total = None
@@ -128,7 +126,7 @@ def pop_aux_loss(model:nn.Module, device=None) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=device)
     return total
 
-# %% ../nbs/01_layer.ipynb #acf6c329
+# %% ../nbs/01_layer.ipynb #bb2238e3
 def agreement(a:nn.Module, b:nn.Module, x:torch.Tensor, seed:int=0) -> dict:
     "Max abs difference of outputs, aux losses and all gradients of two HDPL modules on `x` under one seed."
     res, grads = {}, []

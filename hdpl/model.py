@@ -6,16 +6,15 @@
 __all__ = ['RMSNorm', 'rope_cache', 'apply_rope', 'make_projection', 'Attention', 'MLP', 'DecoderLayer', 'LMOutput', 'HDPLModel',
            'HDPLForCausalLM']
 
-# %% ../nbs/03_model.ipynb #3c14baed
-import math
+# %% ../nbs/03_model.ipynb #1e769ad6
 from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .layer import HybridDualPathLinear, pop_aux_loss
-from .params import HDPLConfig, PRESETS, PROJECTIONS, param_counts
+from .params import HDPLConfig
 
-# %% ../nbs/03_model.ipynb #ccce46c9
+# %% ../nbs/03_model.ipynb #7468be76
 class RMSNorm(nn.Module):
     "Root-mean-square layer norm with a learned gain (as Llama)."
     def __init__(self, dim:int, eps:float=1e-5):
@@ -25,7 +24,7 @@ class RMSNorm(nn.Module):
         xf = x.float()
         return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
-# %% ../nbs/03_model.ipynb #438d76d2
+# %% ../nbs/03_model.ipynb #2974327a
 def rope_cache(seq_len:int, head_dim:int, base:float=500_000.0, device=None):
     "cos and sin tables, `(seq_len, head_dim)` each, for rotary embeddings."
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
@@ -38,7 +37,7 @@ def apply_rope(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tens
     x1, x2 = x.chunk(2, dim=-1)
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
-# %% ../nbs/03_model.ipynb #511400d3
+# %% ../nbs/03_model.ipynb #2a75a53d
 def make_projection(cfg:HDPLConfig, name:str) -> nn.Module:
     "Projection `name` ('q' … 'down') of one block: HDPL if `name in cfg.hybrid`, else a dense bias-free Linear."
     d_in, d_out = cfg.projection_shape(name)
@@ -47,7 +46,7 @@ def make_projection(cfg:HDPLConfig, name:str) -> nn.Module:
                                     kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init)
     return nn.Linear(d_in, d_out, bias=False)
 
-# %% ../nbs/03_model.ipynb #32e8221a
+# %% ../nbs/03_model.ipynb #29d70700
 class Attention(nn.Module):
     "Causal multi-head self-attention with RoPE, through `scaled_dot_product_attention`."
     def __init__(self, cfg:HDPLConfig):
@@ -78,7 +77,7 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-# %% ../nbs/03_model.ipynb #006aca37
+# %% ../nbs/03_model.ipynb #9987a7bf
 class LMOutput(NamedTuple):
     logits: torch.Tensor                 # (B, T, vocab_size)
     loss: Optional[torch.Tensor] = None  # ce + aux, when targets are given
@@ -102,7 +101,7 @@ class HDPLModel(nn.Module):
         for layer in self.layers: x = layer(x, cos, sin)
         return self.norm(x)
 
-# %% ../nbs/03_model.ipynb #b89c67e6
+# %% ../nbs/03_model.ipynb #46f9a837
 class HDPLForCausalLM(nn.Module):
     "Causal language model: `HDPLModel` + output head; `forward(idx, targets=None) -> LMOutput`."
     def __init__(self, cfg:HDPLConfig):
@@ -134,7 +133,7 @@ class HDPLForCausalLM(nn.Module):
         "Number of distinct parameters (a tied head is counted once)."
         return sum(p.numel() for p in self.parameters())
 
-# %% ../nbs/03_model.ipynb #ae0b1b48
+# %% ../nbs/03_model.ipynb #4df6a383
 @torch.no_grad()
 def _generate(self:HDPLForCausalLM, idx:torch.Tensor, max_new_tokens:int, temperature:float=0.0,
               top_k:Optional[int]=None, generator:Optional[torch.Generator]=None) -> torch.Tensor:

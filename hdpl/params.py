@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['PROJECTIONS', 'PRESETS', 'resolve_hybrid', 'HDPLConfig', 'projection_params', 'param_counts']
 
-# %% ../nbs/02_params.ipynb #f4273c39
+# %% ../nbs/02_params.ipynb #8636bd67
 import math
 from dataclasses import dataclass, fields
 from .functional import LN2, check_groups, hdpl_num_params
 
-# %% ../nbs/02_params.ipynb #dedce2b0
+# %% ../nbs/02_params.ipynb #232851c9
 PROJECTIONS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
 PRESETS = {'baseline': (), 'surgical': ('q', 'k', 'v', 'gate', 'up'), 'full': PROJECTIONS}
 
@@ -24,7 +24,7 @@ def resolve_hybrid(hybrid) -> tuple:
         raise ValueError(f"unknown projection(s) {sorted(bad)} in hybrid; use a preset {sorted(PRESETS)} or names from {PROJECTIONS}")
     return tuple(p for p in PROJECTIONS if p in names)
 
-# %% ../nbs/02_params.ipynb #8af8825a
+# %% ../nbs/02_params.ipynb #79ab7cbd
 @dataclass
 class HDPLConfig:
     "Shape of a Llama-style decoder with HDPL projections; the defaults are the paper's Table 2 (surgical model)."
@@ -73,7 +73,7 @@ class HDPLConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         return {**d, 'hybrid': list(self.hybrid)}
 
-# %% ../nbs/02_params.ipynb #dc95b5d6
+# %% ../nbs/02_params.ipynb #73b498ef
 def projection_params(cfg:HDPLConfig, name:str) -> int:
     "Parameters of projection `name` in one block of `cfg` (HDPL or dense)."
     d_in, d_out = cfg.projection_shape(name)
