@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['IMPLS', 'INITS', 'HybridDualPathLinear', 'pop_aux_loss', 'agreement']
 
-# %% ../nbs/01_layer.ipynb #bcd547ef
+# %% ../nbs/01_layer.ipynb #b0120d27
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .functional import LN2, check_groups, block_diag_conv1d, block_diag_bmm, reparameterize, bounded_kl_loss
 
-# %% ../nbs/01_layer.ipynb #88147d7c
+# %% ../nbs/01_layer.ipynb #ce417acf
 IMPLS = ('fast', 'reference')
 INITS = ('paper', 'identity')
 
@@ -25,6 +25,7 @@ class HybridDualPathLinear(nn.Module):
                  impl:str='fast',         # 'fast' or 'reference' (the paper's Algorithm 1)
                  bias:bool=False,         # optional output bias (the paper has none)
                  init:str='paper',        # 'paper' (as its public code) or 'identity' (every square block = I)
+                 noise:bool=True,         # sample z = mu + sigma*eps in training (False: z = mu always)
                  device=None, dtype=None):
         super().__init__()
         for name, v in (('in_features', in_features), ('out_features', out_features), ('rank', rank)):
@@ -34,7 +35,7 @@ class HybridDualPathLinear(nn.Module):
         if init not in INITS: raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if beta < 0 or kl_bound <= 0: raise ValueError(f"need beta >= 0 and kl_bound > 0, got beta={beta}, kl_bound={kl_bound}")
         self.in_features, self.out_features, self.rank, self.groups = in_features, out_features, rank, groups
-        self.beta, self.kl_bound, self.impl, self.init = float(beta), float(kl_bound), impl, init
+        self.beta, self.kl_bound, self.impl, self.init, self.noise = float(beta), float(kl_bound), impl, init, bool(noise)
         kw = dict(device=device, dtype=dtype)
         self.block_weight = nn.Parameter(torch.empty(out_features, in_features // groups, **kw))
         self.encoder_weight = nn.Parameter(torch.empty(2 * rank, in_features, **kw))
@@ -47,9 +48,9 @@ class HybridDualPathLinear(nn.Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"groups={self.groups}, beta={self.beta:g}, impl={self.impl!r}, bias={self.bias is not None}"
-                + ("" if self.init == 'paper' else f", init={self.init!r}"))
+                + ("" if self.init == 'paper' else f", init={self.init!r}") + ("" if self.noise else ", noise=False"))
 
-# %% ../nbs/01_layer.ipynb #57f707df
+# %% ../nbs/01_layer.ipynb #f40c2120
 def _orthogonal_(t:torch.Tensor):
     "`nn.init.orthogonal_` computed in float32 (QR has no bf16 kernel) and copied into `t` in place."
     if t.dtype in (torch.float32, torch.float64): return nn.init.orthogonal_(t)
@@ -74,26 +75,26 @@ def _reset_parameters(self:HybridDualPathLinear):
 
 HybridDualPathLinear.reset_parameters = _reset_parameters
 
-# %% ../nbs/01_layer.ipynb #4659dddf
+# %% ../nbs/01_layer.ipynb #1f9c4c48
 def _forward_reference(self:HybridDualPathLinear, x):
     "The paper's Algorithm 1: grouped Conv1d block path, separate mu / log-variance encoders, KL of Eq. 9."
     R = self.rank
     block = block_diag_conv1d(x, self.block_weight, self.groups)
     mu = F.linear(x, self.encoder_weight[:R], self.encoder_bias[:R])
     logvar = F.linear(x, self.encoder_weight[R:], self.encoder_bias[R:])
-    z = reparameterize(mu, logvar, self.training)
+    z = reparameterize(mu, logvar, self.training and self.noise)
     out = block + F.linear(F.silu(z), self.decoder_weight)
     aux = bounded_kl_loss(mu, logvar, self.beta, self.kl_bound) if self.training else None
     return out, aux
 
-# %% ../nbs/01_layer.ipynb #3813237d
+# %% ../nbs/01_layer.ipynb #08e61c52
 def _forward_fast(self:HybridDualPathLinear, x):
     "Same function as `_forward_reference`: bmm blocks, one encoder GEMM, decoder fused into the sum with addmm."
     R, x2 = self.rank, x.reshape(-1, self.in_features)
     if self.training:
         enc = F.linear(x2, self.encoder_weight, self.encoder_bias)
         mu, logvar = enc[:, :R], enc[:, R:]
-        z = reparameterize(mu, logvar)
+        z = reparameterize(mu, logvar, self.noise)
         aux = bounded_kl_loss(mu, logvar, self.beta, self.kl_bound)
     else:
         z, aux = F.linear(x2, self.encoder_weight[:R], self.encoder_bias[:R]), None
@@ -101,7 +102,7 @@ def _forward_fast(self:HybridDualPathLinear, x):
     out = torch.addmm(block, F.silu(z), self.decoder_weight.t())
     return out.view(*x.shape[:-1], self.out_features), aux
 
-# %% ../nbs/01_layer.ipynb #d8b44801
+# %% ../nbs/01_layer.ipynb #49000acf
 def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
     if x.dim() == 0 or x.shape[-1] != self.in_features:
         raise ValueError(f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
@@ -113,7 +114,7 @@ def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
 
 HybridDualPathLinear.forward = _forward
 
-# %% ../nbs/01_layer.ipynb #db6dd3b7
+# %% ../nbs/01_layer.ipynb #88da711f
 def pop_aux_loss(model:nn.Module, device=None) -> torch.Tensor:
     "Sum and clear `aux_loss` of every `HybridDualPathLinear` in `model`: a 0-dim float32 tensor."
     total = None
@@ -126,7 +127,7 @@ def pop_aux_loss(model:nn.Module, device=None) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=device)
     return total
 
-# %% ../nbs/01_layer.ipynb #bb2238e3
+# %% ../nbs/01_layer.ipynb #8d4017db
 def agreement(a:nn.Module, b:nn.Module, x:torch.Tensor, seed:int=0) -> dict:
     "Max abs difference of outputs, aux losses and all gradients of two HDPL modules on `x` under one seed."
     res, grads = {}, []

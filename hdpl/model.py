@@ -6,7 +6,7 @@
 __all__ = ['RMSNorm', 'rope_cache', 'apply_rope', 'make_projection', 'Attention', 'MLP', 'DecoderLayer', 'LMOutput', 'HDPLModel',
            'HDPLForCausalLM']
 
-# %% ../nbs/03_model.ipynb #1e769ad6
+# %% ../nbs/03_model.ipynb #8fba67b0
 from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .layer import HybridDualPathLinear, pop_aux_loss
 from .params import HDPLConfig
 
-# %% ../nbs/03_model.ipynb #7468be76
+# %% ../nbs/03_model.ipynb #c2ffe7b7
 class RMSNorm(nn.Module):
     "Root-mean-square layer norm with a learned gain (as Llama)."
     def __init__(self, dim:int, eps:float=1e-5):
@@ -24,7 +24,7 @@ class RMSNorm(nn.Module):
         xf = x.float()
         return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
-# %% ../nbs/03_model.ipynb #2974327a
+# %% ../nbs/03_model.ipynb #b4d60a47
 def rope_cache(seq_len:int, head_dim:int, base:float=500_000.0, device=None):
     "cos and sin tables, `(seq_len, head_dim)` each, for rotary embeddings."
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
@@ -37,16 +37,16 @@ def apply_rope(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tens
     x1, x2 = x.chunk(2, dim=-1)
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
-# %% ../nbs/03_model.ipynb #2a75a53d
+# %% ../nbs/03_model.ipynb #58649876
 def make_projection(cfg:HDPLConfig, name:str) -> nn.Module:
     "Projection `name` ('q' … 'down') of one block: HDPL if `name in cfg.hybrid`, else a dense bias-free Linear."
     d_in, d_out = cfg.projection_shape(name)
     if name in cfg.hybrid:
         return HybridDualPathLinear(d_in, d_out, rank=cfg.rank, groups=cfg.groups, beta=cfg.beta,
-                                    kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init)
+                                    kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init, noise=cfg.noise)
     return nn.Linear(d_in, d_out, bias=False)
 
-# %% ../nbs/03_model.ipynb #29d70700
+# %% ../nbs/03_model.ipynb #df47578e
 class Attention(nn.Module):
     "Causal multi-head self-attention with RoPE, through `scaled_dot_product_attention`."
     def __init__(self, cfg:HDPLConfig):
@@ -77,7 +77,7 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-# %% ../nbs/03_model.ipynb #9987a7bf
+# %% ../nbs/03_model.ipynb #d0ed72a1
 class LMOutput(NamedTuple):
     logits: torch.Tensor                 # (B, T, vocab_size)
     loss: Optional[torch.Tensor] = None  # ce + aux, when targets are given
@@ -101,7 +101,7 @@ class HDPLModel(nn.Module):
         for layer in self.layers: x = layer(x, cos, sin)
         return self.norm(x)
 
-# %% ../nbs/03_model.ipynb #46f9a837
+# %% ../nbs/03_model.ipynb #1fce20ee
 class HDPLForCausalLM(nn.Module):
     "Causal language model: `HDPLModel` + output head; `forward(idx, targets=None) -> LMOutput`."
     def __init__(self, cfg:HDPLConfig):
@@ -133,7 +133,7 @@ class HDPLForCausalLM(nn.Module):
         "Number of distinct parameters (a tied head is counted once)."
         return sum(p.numel() for p in self.parameters())
 
-# %% ../nbs/03_model.ipynb #4df6a383
+# %% ../nbs/03_model.ipynb #7b3ac93b
 @torch.no_grad()
 def _generate(self:HDPLForCausalLM, idx:torch.Tensor, max_new_tokens:int, temperature:float=0.0,
               top_k:Optional[int]=None, generator:Optional[torch.Generator]=None) -> torch.Tensor:

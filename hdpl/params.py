@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['PROJECTIONS', 'PRESETS', 'resolve_hybrid', 'HDPLConfig', 'projection_params', 'param_counts']
 
-# %% ../nbs/02_params.ipynb #8636bd67
+# %% ../nbs/02_params.ipynb #9c0f7d99
 import math
 from dataclasses import dataclass, fields
 from .functional import LN2, check_groups, hdpl_num_params
 
-# %% ../nbs/02_params.ipynb #232851c9
+# %% ../nbs/02_params.ipynb #fd568924
 PROJECTIONS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
 PRESETS = {'baseline': (), 'surgical': ('q', 'k', 'v', 'gate', 'up'), 'full': PROJECTIONS}
 
@@ -24,16 +24,16 @@ def resolve_hybrid(hybrid) -> tuple:
         raise ValueError(f"unknown projection(s) {sorted(bad)} in hybrid; use a preset {sorted(PRESETS)} or names from {PROJECTIONS}")
     return tuple(p for p in PROJECTIONS if p in names)
 
-# %% ../nbs/02_params.ipynb #79ab7cbd
+# %% ../nbs/02_params.ipynb #6e355c92
 @dataclass
 class HDPLConfig:
     "Shape of a Llama-style decoder with HDPL projections; the defaults are the paper's Table 2 (surgical model)."
     vocab_size: int = 49_152          # SmolLM2 tokenizer
-    d_model: int = 512
-    n_layers: int = 4
+    d_model: int = 512                # model width
+    n_layers: int = 4                 # decoder blocks
     n_heads: int = 8                  # head_dim = d_model // n_heads = 64
     d_ff: int = 2048                  # SwiGLU hidden width
-    max_seq_len: int = 2048
+    max_seq_len: int = 2048           # longest sequence (size of the RoPE tables)
     rank: int = 128                   # R
     groups: int = 8                   # K
     beta: float = 1e-3                # weight of the bounded KL
@@ -44,6 +44,7 @@ class HDPLConfig:
     norm_eps: float = 1e-6            # as in the paper's code
     impl: str = 'fast'                # HDPL implementation: 'fast' or 'reference'
     init: str = 'paper'               # HDPL initialisation: 'paper' or 'identity' (chapter 01)
+    noise: bool = True                # HDPL sampling in training (False: z = mu, a deterministic bottleneck)
 
     def __post_init__(self):
         self.hybrid = resolve_hybrid(self.hybrid)
@@ -73,7 +74,7 @@ class HDPLConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         return {**d, 'hybrid': list(self.hybrid)}
 
-# %% ../nbs/02_params.ipynb #73b498ef
+# %% ../nbs/02_params.ipynb #5f108857
 def projection_params(cfg:HDPLConfig, name:str) -> int:
     "Parameters of projection `name` in one block of `cfg` (HDPL or dense)."
     d_in, d_out = cfg.projection_shape(name)
