@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Union, get_args, get_origin
 from fastcore.docments import docments
 from .params import HDPLConfig, PRESETS, param_counts
-from .train import TrainConfig, Trainer, read_metrics, plot_history
+from .train import Device, TrainConfig, Trainer, read_metrics, plot_history
 
 # %% ../nbs/07_compare.ipynb #a1d5736d
 RUN_PRESETS = {
@@ -41,13 +41,19 @@ def build_configs(preset:str='paper', model:str='surgical', model_overrides:Opti
     return mcfg, TrainConfig(**{**p['train'], **(train_overrides or {})}), dcfg
 
 # %% ../nbs/07_compare.ipynb #ca12a288
-def train_run(mcfg:HDPLConfig, tcfg:TrainConfig, dcfg, out_dir, resume:bool=True) -> dict:
+def train_run(mcfg:HDPLConfig, tcfg:TrainConfig, dcfg, out_dir, resume:bool=True, nprocs:Optional[int]=None) -> dict:
     "Train one model into `out_dir` (resuming a run there if any); returns its summary row."
-    from hdpl.data import make_data
-    train_iter, val_batches, _ = make_data(dcfg, vocab_size=mcfg.vocab_size)
     t0 = time.perf_counter()
-    trainer = Trainer(mcfg, tcfg, train_iter, val_batches, out_dir=out_dir, resume=resume, run_info=dict(data=asdict(dcfg)))
-    trainer.fit()
+    if (tcfg.device if tcfg.device != 'auto' else Device.detect()) == 'xla' and nprocs != 1:
+        # every local TPU core, one process each (chapter 06); each process resumes from out_dir if it can
+        from hdpl.distributed import RunSpec, launch_tpu
+        if not resume and (Path(out_dir) / 'config.json').exists():
+            raise FileExistsError(f"{out_dir} already holds a run; choose another out_dir (--no-resume never overwrites a run)")
+        launch_tpu(RunSpec(mcfg, tcfg, dcfg, str(out_dir)), nprocs=nprocs)
+    else:
+        from hdpl.data import make_data
+        train_iter, val_batches, _ = make_data(dcfg, vocab_size=mcfg.vocab_size)
+        Trainer(mcfg, tcfg, train_iter, val_batches, out_dir=out_dir, resume=resume, run_info=dict(data=asdict(dcfg))).fit()
     return summarize(out_dir, mcfg, wall_s=time.perf_counter() - t0)
 
 def summarize(out_dir, mcfg:HDPLConfig, wall_s:Optional[float]=None) -> dict:
@@ -101,14 +107,14 @@ def plot_comparison(run_dirs:dict, path=None):
     return fig
 
 def compare(preset:str='tiny', models=('baseline', 'surgical'), out_dir='runs/compare', model_overrides=None,
-            train_overrides=None, data_overrides=None, resume:bool=True) -> list:
+            train_overrides=None, data_overrides=None, resume:bool=True, nprocs:Optional[int]=None) -> list:
     "Train each of `models` on identical data and seed into `out_dir/<model>`; write Table 1 and Figure 2."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     rows, dirs = [], {}
     for m in models:
         mcfg, tcfg, dcfg = build_configs(preset, m, model_overrides, train_overrides, data_overrides)
         print(f"== {m}: {param_counts(mcfg)['total']:,} parameters -> {out_dir / m}", flush=True)
-        rows.append(train_run(mcfg, tcfg, dcfg, out_dir / m, resume=resume)); dirs[m] = out_dir / m
+        rows.append(train_run(mcfg, tcfg, dcfg, out_dir / m, resume=resume, nprocs=nprocs)); dirs[m] = out_dir / m
     write_table(rows, out_dir)
     plot_comparison(dirs, out_dir / 'figure2.png')
     return rows
@@ -146,6 +152,9 @@ def make_parser(prog:str, compare_mode:bool) -> argparse.ArgumentParser:
     else: p.add_argument('--model', choices=sorted(PRESETS), default='surgical', help='which projections are HDPL layers')
     p.add_argument('--out-dir', default=None, help='where runs are written (default: runs/<preset>-<model(s)>)')
     p.add_argument('--no-resume', action='store_true', help='refuse to continue a run found in --out-dir')
+    p.add_argument('--nprocs', type=int, choices=(1,), default=None,
+                   help="with --device xla: 1 trains on one TPU core, in this process, as the paper's script did "
+                        "(4 x 2048 tokens a step); by default every local core trains, one process each")
     _add_fields(p, HDPLConfig, 'model', skip=('hybrid',) if compare_mode else ())
     _add_fields(p, TrainConfig, 'train')
     _add_fields(p, _data_config(), 'data', skip=_SHARED)
@@ -165,7 +174,7 @@ def train_cli(argv=None):
     mo, to, do = _overrides(ns)
     mcfg, tcfg, dcfg = build_configs(ns.preset, ns.model, mo, to, do)
     out = ns.out_dir or f"runs/{ns.preset}-{ns.model}"
-    row = train_run(mcfg, tcfg, dcfg, out, resume=not ns.no_resume)
+    row = train_run(mcfg, tcfg, dcfg, out, resume=not ns.no_resume, nprocs=ns.nprocs)
     print(json.dumps(row, indent=1))
 
 def compare_cli(argv=None):
@@ -175,6 +184,6 @@ def compare_cli(argv=None):
     models = tuple(m.strip() for m in ns.models.split(',') if m.strip())
     if bad := [m for m in models if m not in PRESETS]: raise SystemExit(f"hdpl_compare: unknown model(s) {bad}; choose from {sorted(PRESETS)}")
     out = ns.out_dir or f"runs/{ns.preset}-compare"
-    compare(ns.preset, models, out, mo, to, do, resume=not ns.no_resume)
+    compare(ns.preset, models, out, mo, to, do, resume=not ns.no_resume, nprocs=ns.nprocs)
     print((Path(out) / 'table1.md').read_text())
     print(f"written: {out}/table1.md, {out}/table1.csv, {out}/figure2.png")
