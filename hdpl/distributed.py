@@ -4,18 +4,18 @@
 
 # %% auto #0
 __all__ = ['RunSpec', 'read_spec', 'write_spec', 'RandomBatches', 'random_data', 'param_checksum', 'replica_checksums',
-           'train_replica', 'init_ddp', 'ddp_main', 'torchrun_command', 'launch_tpu', 'xla_metrics', 'ShardedFeed',
-           'SPMDDevice', 'train_spmd']
+           'train_replica', 'init_ddp', 'ddp_main', 'torchrun_command', 'launch_tpu', 'xla_metrics', 'SPMDDevice',
+           'train_spmd']
 
 # %% ../nbs/06_distributed.ipynb #3b8f0be5
-import hashlib, json, os, sys, threading
+import hashlib, json, os, sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 import torch
 from .params import HDPLConfig
 from .data import Data, DataConfig
-from .train import Device, Feed, TrainConfig, Trainer, atomic_write
+from .train import Device, TrainConfig, Trainer, atomic_write
 
 # %% ../nbs/06_distributed.ipynb #1ee57419
 class RunSpec(NamedTuple):
@@ -166,14 +166,6 @@ def xla_metrics() -> dict:
                 fallbacks={k: met.counter_value(k) for k in met.counter_names() if k.startswith('aten::')})
 
 # %% ../nbs/06_distributed.ipynb #1e0200a5
-class ShardedFeed(Feed):
-    "Chapter 05's `Feed` on XLA, with every batch split along dim 0 over the device's mesh."
-    def __init__(self, device, train_iter):
-        import torch_xla.distributed.parallel_loader as pl
-        self.dev, self.it, self.taken = device, train_iter, 0
-        self._states, self._made, self._lock = {}, 0, threading.Lock()
-        self._iter = iter(pl.MpDeviceLoader(self._produce(), device.device, input_sharding=device.input_sharding))
-
 class SPMDDevice(Device):
     "Every local XLA device as one (GSPMD): batches split along dim 0 over a 'data' mesh axis, weights replicated; the compiler adds the all-reduce."
     def __init__(self, precision:str='auto'):
@@ -183,9 +175,8 @@ class SPMDDevice(Device):
         self.world_size, self.rank = 1, 0            # one process, one (global) stream of batches
         self.num_devices = xr.global_runtime_device_count()
         self.mesh = xs.Mesh(np.arange(self.num_devices), (self.num_devices, 1), ('data', 'model'))
-        self.input_sharding = xs.ShardingSpec(self.mesh, ('data', None))
+        self.loader_kwargs = dict(input_sharding=xs.ShardingSpec(self.mesh, ('data', None)))   # read by Feed
 
-    def feed(self, train_iter): return ShardedFeed(self, train_iter)
     def __repr__(self): return f"SPMDDevice({self.num_devices} devices, precision={self.precision!r})"
 
 def train_spmd(spec, data_fn:Optional[Callable]=None) -> Trainer:

@@ -123,7 +123,7 @@ class Feed:
         self._states, self._made, self._lock = {}, 0, threading.Lock()
         if device.kind == 'xla':
             import torch_xla.distributed.parallel_loader as pl
-            self._iter = iter(pl.MpDeviceLoader(self._produce(), device.device))
+            self._iter = iter(pl.MpDeviceLoader(self._produce(), device.device, **getattr(device, 'loader_kwargs', {})))
         else: self._iter = None
 
     def _produce(self):
