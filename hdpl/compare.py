@@ -7,13 +7,13 @@ __all__ = ['RUN_PRESETS', 'PAPER_TABLE1', 'build_configs', 'train_run', 'summari
            'make_parser', 'train_cli', 'compare_cli']
 
 # %% ../nbs/07_compare.ipynb #6d6fc52b
-import argparse, csv, json, statistics, sys, time, types
-from dataclasses import asdict, fields, replace
+import argparse, csv, json, statistics, time, types
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional, Union, get_args, get_origin
 from fastcore.docments import docments
 from .params import HDPLConfig, PRESETS, param_counts
-from .train import Device, TrainConfig, Trainer, read_metrics, plot_history
+from .train import Device, TrainConfig, Trainer, read_metrics
 
 # %% ../nbs/07_compare.ipynb #a1d5736d
 RUN_PRESETS = {

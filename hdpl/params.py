@@ -6,7 +6,6 @@
 __all__ = ['PROJECTIONS', 'PRESETS', 'resolve_hybrid', 'HDPLConfig', 'projection_params', 'param_counts']
 
 # %% ../nbs/02_params.ipynb #9c0f7d99
-import math
 from dataclasses import dataclass, fields
 from .functional import LN2, check_groups, hdpl_num_params
 

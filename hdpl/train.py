@@ -7,8 +7,8 @@ __all__ = ['Device', 'Feed', 'make_optimizer', 'lr_factor', 'TrainConfig', 'atom
            'save_checkpoint', 'save_best', 'evaluate', 'fit', 'read_metrics', 'plot_history', 'run_from_json']
 
 # %% ../nbs/05_train.ipynb #8f049a8e
-import json, math, os, random, time, contextlib, shutil
-from dataclasses import dataclass, asdict, fields, replace
+import json, math, os, random, time, contextlib, shutil, threading
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Optional
 import torch
@@ -61,7 +61,7 @@ class Device:
 def _autocast(self:Device):
     "bf16 autocast context on this device, or a no-op for fp32."
     if self.precision == 'fp32': return contextlib.nullcontext()
-    return torch.autocast(self.kind if self.kind != 'xla' else 'xla', dtype=torch.bfloat16)
+    return torch.autocast(self.kind, dtype=torch.bfloat16)
 
 def _optimizer_step(self:Device, opt:torch.optim.Optimizer):
     "Apply the optimizer; on XLA this also all-reduces gradients across replicas."
@@ -114,8 +114,6 @@ def _manual_seed(self:Device, seed:int):
 Device.rng_state, Device.set_rng_state, Device.manual_seed = _rng_state, _set_rng_state, _manual_seed
 
 # %% ../nbs/05_train.ipynb #5718c725
-import threading
-
 class Feed:
     "Iterator of `(x, y)` batches on `device`, from `train_iter`; `state_dict()` is the data position of the last batch taken."
     def __init__(self, device:Device, train_iter):

@@ -7,7 +7,6 @@
   reports what it measured; these tests assert on it. Without that venv they are skipped, except under `CI=true`.
 """
 import json, os, subprocess, sys, time
-from dataclasses import replace
 from pathlib import Path
 import pytest
 import torch
