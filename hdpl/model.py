@@ -43,7 +43,8 @@ def make_projection(cfg:HDPLConfig, name:str) -> nn.Module:
     d_in, d_out = cfg.projection_shape(name)
     if name in cfg.hybrid:
         return HybridDualPathLinear(d_in, d_out, rank=cfg.rank, groups=cfg.groups, beta=cfg.beta,
-                                    kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init, noise=cfg.noise)
+                                    kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init, noise=cfg.noise,
+                                    kl_mode=cfg.kl_mode, free_bits=cfg.free_bits)
     return nn.Linear(d_in, d_out, bias=False)
 
 # %% ../nbs/03_model.ipynb #df47578e

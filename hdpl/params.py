@@ -8,6 +8,7 @@ __all__ = ['PROJECTIONS', 'PRESETS', 'resolve_hybrid', 'HDPLConfig', 'projection
 # %% ../nbs/02_params.ipynb #9c0f7d99
 from dataclasses import dataclass, fields
 from .functional import LN2, check_groups, hdpl_num_params
+from .layer import KL_MODES
 
 # %% ../nbs/02_params.ipynb #fd568924
 PROJECTIONS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
@@ -41,9 +42,13 @@ class HDPLConfig:
     tie_embeddings: bool = False      # Table 1's counts hold with untied embeddings
     rope_base: float = 500_000.0      # as in the paper's code
     norm_eps: float = 1e-6            # as in the paper's code
-    impl: str = 'fast'                # HDPL implementation: 'fast' or 'reference'
+    impl: str = 'fast'                # HDPL implementation: 'fast', 'composed' or 'reference' (chapter 01)
     init: str = 'paper'               # HDPL initialisation: 'paper' or 'identity' (chapter 01)
     noise: bool = True                # HDPL sampling in training (False: z = mu, a deterministic bottleneck)
+    kl_mode: str = 'paper'            # HDPL KL term: 'paper' (Eq. 9), 'free_bits' or 'none' (chapter 01)
+    free_bits: float = 0.1            # lambda of kl_mode='free_bits', nats per latent dimension
+    path_dropout: float = 0.0         # initial probability of dropping a token's block path in training
+    path_dropout_steps: int = 0       # steps over which that probability decays linearly to 0
 
     def __post_init__(self):
         self.hybrid = resolve_hybrid(self.hybrid)
@@ -53,6 +58,15 @@ class HDPLConfig:
         if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2: raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         for name in self.hybrid: check_groups(*self.projection_shape(name), self.groups)
+        if self.kl_mode not in KL_MODES: raise ValueError(f"kl_mode must be one of {KL_MODES}, got {self.kl_mode!r}")
+        if not 0 <= self.path_dropout < 1: raise ValueError(f"path_dropout must be in [0, 1), got {self.path_dropout!r}")
+        if self.path_dropout > 0 and (not isinstance(self.path_dropout_steps, int) or self.path_dropout_steps < 1):
+            raise ValueError(f"path_dropout > 0 needs path_dropout_steps >= 1, got {self.path_dropout_steps!r}")
+
+    def block_drop_at(self, step:int) -> float:
+        "Block-path dropout probability at training step `step`: `path_dropout`, decaying linearly to 0."
+        if self.path_dropout <= 0: return 0.0
+        return self.path_dropout * max(0.0, 1.0 - step / self.path_dropout_steps)
 
     @property
     def head_dim(self) -> int: return self.d_model // self.n_heads
