@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['Device', 'Feed', 'make_optimizer', 'lr_factor', 'TrainConfig', 'atomic_write', 'latest_checkpoint', 'Trainer',
-           'save_checkpoint', 'save_best', 'evaluate', 'fit', 'read_metrics', 'plot_history', 'run_from_json']
+           'save_checkpoint', 'save_best', 'evaluate', 'fit', 'diagnostics_summary', 'read_metrics', 'plot_history',
+           'run_from_json']
 
 # %% ../nbs/05_train.ipynb #8f049a8e
 import json, math, os, random, time, contextlib, shutil, threading
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 from .params import HDPLConfig
 from .model import HDPLForCausalLM
+from .layer import set_block_drop
 
 # %% ../nbs/05_train.ipynb #976e7f8d
 def _xla():
@@ -182,6 +184,7 @@ class TrainConfig:
     compile: bool = False               # torch.compile the model (CUDA/CPU)
     time_budget_s: Optional[float] = None  # stop (with a checkpoint) after this much wall-clock time
     progress: bool = True               # tqdm progress bar on the master process
+    diagnostics: bool = False           # add per-path/KL diagnostics (hdpl.diagnostics, 2 validation batches) to every eval record
 
     def __post_init__(self):
         for f in ('warmup_steps', 'max_steps', 'eval_interval', 'log_interval'):
@@ -253,7 +256,7 @@ _RESUME_KEYS = ('model', 'train', 'data')
 
 def _same_run(a:dict, b:dict) -> list:
     "Keys of the configuration that differ between two runs (ignoring ones that may change on resume)."
-    skip = {'device', 'progress', 'time_budget_s', 'max_steps', 'compile'}
+    skip = {'device', 'progress', 'time_budget_s', 'max_steps', 'compile', 'diagnostics'}
     diff = []
     for k in _RESUME_KEYS:
         x, y = a.get(k, {}), b.get(k, {})
@@ -352,6 +355,7 @@ def fit(self:Trainer, stop_at:Optional[int]=None) -> list:
     if self.step == 0 and not self.history: self._eval_and_save(first=True)
     self._feed = feed = dev.feed(self.train_iter)
     while self.step < c.max_steps and not stop:
+        if self.mcfg.path_dropout > 0: set_block_drop(self.raw_model, self.mcfg.block_drop_at(self.step))   # a function of the step: exact on resume
         x, y = next(feed)
         self.tokens_per_step = x.numel() * dev.world_size
         with dev.autocast(): out = self.model(x, y)
@@ -364,6 +368,7 @@ def fit(self:Trainer, stop_at:Optional[int]=None) -> list:
         stop = (c.time_budget_s is not None and time.perf_counter() - t_start > c.time_budget_s) or self.step == stop_at
         if self.step % c.log_interval == 0 or self.step == c.max_steps or stop:
             rec = dict(step=self.step, lr=self.sched.get_last_lr()[0])
+            if self.mcfg.path_dropout > 0: rec['block_drop'] = self.mcfg.block_drop_at(self.step - 1)
             def log(ce, aux, n=n_acc, t0=t_last, rec=rec):
                 dt = time.perf_counter() - t0
                 rec.update(train_ce=ce / n, train_aux=aux / n, tokens_per_s=n * self.tokens_per_step / dt)
@@ -382,11 +387,19 @@ def _eval_and_save(self:Trainer, first:bool=False):
     t0 = time.perf_counter()
     val = self.evaluate()
     rec = dict(step=self.step, val_ce=val, eval_s=time.perf_counter() - t0)
+    if self.cfg.diagnostics and self.dev.is_master: rec['diag'] = self.diagnostics_summary()
     self._log(rec)
     if val < self.best_val and not first: self.best_val = val; self.save_best()
     if not first: self.save_checkpoint()
 
-Trainer._log, Trainer.fit, Trainer._eval_and_save = _log, fit, _eval_and_save
+def diagnostics_summary(self:Trainer, n_batches:int=2) -> dict:
+    "A compact `hdpl.diagnostics` summary of the model on its first `n_batches` validation batches ({} for a dense model)."
+    from hdpl.diagnostics import diagnose, summary     # imported on use: hdpl.diagnostics itself uses hdpl.train
+    t0 = time.perf_counter()
+    s = summary(diagnose(self.raw_model, self.val_batches[:n_batches], ablate=False))
+    return {**s, 'diag_s': round(time.perf_counter() - t0, 3)} if s else {}
+
+Trainer._log, Trainer.fit, Trainer._eval_and_save, Trainer.diagnostics_summary = _log, fit, _eval_and_save, diagnostics_summary
 
 # %% ../nbs/05_train.ipynb #91c1451b
 def read_metrics(path) -> list:
