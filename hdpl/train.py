@@ -9,7 +9,7 @@ __all__ = ['Device', 'Feed', 'make_optimizer', 'lr_factor', 'TrainConfig', 'atom
 
 # %% ../nbs/05_train.ipynb #8f049a8e
 import json, math, os, random, time, contextlib, shutil, threading
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Optional
 import torch
@@ -254,13 +254,17 @@ class Trainer:
 # %% ../nbs/05_train.ipynb #ecd042c9
 _RESUME_KEYS = ('model', 'train', 'data')
 
+_DEFAULTS = {'model': {f.name: f.default for f in fields(HDPLConfig) if f.name != 'hybrid'},
+             'train': {f.name: f.default for f in fields(TrainConfig)}}
+
 def _same_run(a:dict, b:dict) -> list:
     "Keys of the configuration that differ between two runs (ignoring ones that may change on resume)."
     skip = {'device', 'progress', 'time_budget_s', 'max_steps', 'compile', 'diagnostics'}
     diff = []
     for k in _RESUME_KEYS:
         x, y = a.get(k, {}), b.get(k, {})
-        diff += [f"{k}.{f}" for f in sorted(set(x) | set(y)) if f not in skip and x.get(f) != y.get(f)]
+        d = _DEFAULTS.get(k, {})      # a field that a run saved by an older version lacks has its default value
+        diff += [f"{k}.{f}" for f in sorted(set(x) | set(y)) if f not in skip and x.get(f, d.get(f)) != y.get(f, d.get(f))]
     return diff
 
 def _start_dir(self:Trainer, resume:bool):
