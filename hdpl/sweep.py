@@ -261,7 +261,7 @@ def plot_curves(results:list, path=None):
             if not seeds: continue
             ys = [[curves[s][t] - (base[s].get(t, math.nan) if diff else 0) for s in seeds] for t in steps]
             mean = [statistics.fmean(y) for y in ys]
-            line, = ax.plot(steps, mean, marker='o', ms=3, label=f"{v} ({len(seeds)} seeds)")
+            line, = ax.plot(steps, mean, marker='o', ms=3, color=f"C{variants.index(v) % 10}", label=f"{v} ({len(seeds)} seeds)")
             ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
     axes[0].set_title('validation cross-entropy (mean, band = min–max over seeds)')
     axes[1].set_title('minus the baseline with the same seed'); axes[1].axhline(0, color='k', lw=0.8)
