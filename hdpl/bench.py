@@ -7,7 +7,7 @@ __all__ = ['LAYER_VARIANTS', 'MODEL_SHAPES', 'PEAK_TFLOPS', 'device_info', 'inte
            'layer_step', 'bench_layer', 'model_flops_per_token', 'bench_model', 'results_markdown', 'write_results',
            'plot_results', 'BenchConfig', 'bench', 'bench_cli']
 
-# %% ../nbs/09_bench.ipynb #52ad4def
+# %% ../nbs/09_bench.ipynb #f40ddd62
 import json, math, os, platform, statistics, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch.nn as nn
 from .layer import HybridDualPathLinear
 from .params import HDPLConfig
 
-# %% ../nbs/09_bench.ipynb #0c84b027
+# %% ../nbs/09_bench.ipynb #cd1da2d3
 def _cpu_name() -> str:
     try:
         for line in open('/proc/cpuinfo'):
@@ -37,7 +37,7 @@ def device_info(device:str='cpu') -> dict:
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
-# %% ../nbs/09_bench.ipynb #001f1cc3
+# %% ../nbs/09_bench.ipynb #35fa57bb
 def interleaved(fns:dict, repeats:int=7, warmup:int=2, device='cpu') -> dict:
     "Seconds per call of each function in `fns` (name -> callable), timed in interleaved rounds: name -> list."
     if repeats < 1 or warmup < 0: raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -51,7 +51,7 @@ def interleaved(fns:dict, repeats:int=7, warmup:int=2, device='cpu') -> dict:
 
 def medians(times:dict) -> dict: return {k: statistics.median(v) for k, v in times.items()}
 
-# %% ../nbs/09_bench.ipynb #fb2129f3
+# %% ../nbs/09_bench.ipynb #7235b89b
 def saved_bytes(fn, exclude=()) -> int:
     "Bytes of the tensors autograd saves for backward while `fn()` runs (each storage once, `exclude` tensors not counted)."
     seen = {t.untyped_storage().data_ptr() for t in exclude}
@@ -65,7 +65,7 @@ def saved_bytes(fn, exclude=()) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
     return total
 
-# %% ../nbs/09_bench.ipynb #c01144ad
+# %% ../nbs/09_bench.ipynb #f389e8bd
 LAYER_VARIANTS = ('dense', 'reference', 'composed', 'fast', 'compiled')
 
 def make_layer(variant:str, d_in:int, d_out:int, rank:int=128, groups:int=8, device='cpu', dtype=torch.float32) -> nn.Module:
@@ -85,7 +85,7 @@ def layer_step(m:nn.Module, x:torch.Tensor, g:torch.Tensor):
     else: torch.autograd.backward([y, aux], [g, torch.ones_like(aux)])
     m.zero_grad(set_to_none=True)
 
-# %% ../nbs/09_bench.ipynb #0602332e
+# %% ../nbs/09_bench.ipynb #24ed4d2a
 _TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float64: 1e-9}
 
 def _check_same(layers:dict, x, g) -> dict:
@@ -141,7 +141,7 @@ def bench_layer(d_in:int, d_out:int, tokens:int=16384, dtype=torch.float32, vari
                          saved_mb=act / 2**20, peak_mb=peak, rel_err_vs_reference=errs.get(v)))
     return rows
 
-# %% ../nbs/09_bench.ipynb #582a4a79
+# %% ../nbs/09_bench.ipynb #183f771f
 MODEL_SHAPES = {
     'paper': dict(),                                                              # Table 2
     'tiny': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=2, d_ff=256, rank=16, groups=4, max_seq_len=128),
@@ -160,7 +160,7 @@ def _peak_flops(info:dict, precision:str) -> Optional[float]:
     if info['device'] != 'cuda' or precision != 'bf16': return None
     return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in info['name']), None)
 
-# %% ../nbs/09_bench.ipynb #19e86fe4
+# %% ../nbs/09_bench.ipynb #bed4db54
 def bench_model(models=('baseline', 'surgical'), shape:str='paper', batch_size:int=1, seq_len:int=2048,
                 precision:str='auto', compile:bool=False, steps:int=2, rounds:int=5, warmup:int=1, device='cpu') -> list:
     "Training tokens/s of each preset in `models`, interleaved in blocks of `steps` steps: one row each."
@@ -201,7 +201,7 @@ def bench_model(models=('baseline', 'surgical'), shape:str='paper', batch_size:i
                          peak_mb=peak, mfu=tok_s * model_flops_per_token(cfg, seq_len) / pf if pf else None))
     return rows
 
-# %% ../nbs/09_bench.ipynb #20ae4007
+# %% ../nbs/09_bench.ipynb #fedd19e9
 def _fmt(v, f): return '–' if v is None else format(v, f)
 
 def results_markdown(res:dict) -> str:
@@ -216,7 +216,6 @@ def results_markdown(res:dict) -> str:
                 '|---|---|---|--:|--:|--:|--:|--:|']
         out += [f"| {r['shape'].replace('x', '→')} | {r['dtype']} | {r['variant']} | {r['ms']:.1f} | {_fmt(r['vs_dense'], '.2f')} | "
                 f"{_fmt(r['vs_reference'], '.2f')} | {r['saved_mb']:.1f} | {_fmt(r['peak_mb'], '.0f')} |" for r in main]
-    sweep = [r for r in L if r['tokens'] != res['settings']['tokens'] or r['shape'] == res['settings'].get('sweep_shape')]
     if res['settings'].get('sweep'):
         sw = [r for r in L if r['shape'] == res['settings']['sweep_shape'] and r['dtype'] == 'float32' and r['tokens'] in res['settings']['sweep']]
         variants = list(dict.fromkeys(r['variant'] for r in sw))
@@ -242,10 +241,10 @@ def write_results(res:dict, out_dir) -> Path:
     atomic_write(out / 'bench.md', lambda p: Path(p).write_text(results_markdown(res)))
     return out
 
-# %% ../nbs/09_bench.ipynb #d883bdfd
+# %% ../nbs/09_bench.ipynb #7ef8fd6e
 def plot_results(res:dict, path=None):
     "Bars: time × dense per variant at the main token count; lines: the token sweep."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     L = [r for r in res['rows'] if r['kind'] == 'layer']
     main = [r for r in L if r['tokens'] == res['settings']['tokens']]
     groups = list(dict.fromkeys((r['shape'], r['dtype']) for r in main))
@@ -271,7 +270,7 @@ def plot_results(res:dict, path=None):
     if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
 
-# %% ../nbs/09_bench.ipynb #108c6b1b
+# %% ../nbs/09_bench.ipynb #c2f0c6b4
 @dataclass
 class BenchConfig:
     "Settings of `hdpl_bench` (every field is a command-line flag)."
