@@ -147,7 +147,7 @@ def _blocks_addmm_(out, x, wb, groups):
 
 def _kl_terms(mu, lv, kl_mode, bound, free_bits):
     "KL term before beta, and the mask of where it passes gradient (per token for 'paper', per dimension for 'free_bits')."
-    kl = 0.5 * (mu.square() + lv.exp() - 1.0 - lv)
+    kl = gaussian_kl(mu, lv)
     if kl_mode == 'paper':
         tok = kl.sum(-1)
         return tok.clamp(max=bound).mean(), (tok <= bound).unsqueeze(-1)
