@@ -2,8 +2,8 @@
 # The second venv that tests/test_distributed.py runs the XLA CPU device in:
 #   bash .ci/xla_venv.sh [VENV]        (default: .venv-xla in the repository root)
 # torch 2.9.0 + torch_xla 2.9.0 (the newest torch_xla on PyPI), what hdpl's training loop imports at run time
-# (numpy, safetensors, matplotlib, tqdm, fastcore), and this checkout's hdpl, editable, without its own requirements
-# (the XLA tests use fixed random batches: no datasets / transformers). Idempotent: a VENV that already passes the
+# (numpy, safetensors, matplotlib, tqdm, fastcore), transformers (an hdplified transformers Llama is trained there), and
+# this checkout's hdpl, editable, without its own requirements (the XLA tests use fixed random batches: no datasets). Idempotent: a VENV that already passes the
 # check at the bottom is kept (seconds); otherwise it is (re)built (about 2 minutes, 6 GB). Prints one line.
 #
 # Why it is not a plain `pip install torch==2.9.0 torch_xla==2.9.0`: torch_xla 2.9.0 needs exactly torch 2.9.0 (C++
@@ -20,7 +20,7 @@ LEAN=${LEAN:-1}
 
 check() {  # torch/torch_xla work on the XLA CPU device, the run-time deps import, `hdpl` is this checkout's (from /)
   (cd / && PJRT_DEVICE=CPU HDPL_REPO=$REPO "$VENV/bin/python" - <<'EOF'
-import os, pathlib, torch, torch_xla, numpy, safetensors, matplotlib, tqdm, fastcore, hdpl.distributed
+import os, pathlib, torch, torch_xla, numpy, safetensors, matplotlib, tqdm, fastcore, transformers, hdpl.distributed, hdpl.hf
 assert torch.__version__.startswith('2.9.0') and torch_xla.__version__.startswith('2.9.0'), (torch.__version__, torch_xla.__version__)
 here = pathlib.Path(hdpl.__file__).resolve().parents[1]
 assert here == pathlib.Path(os.environ['HDPL_REPO']).resolve(), f"hdpl is imported from {here}, not this checkout"
@@ -57,6 +57,7 @@ if ! PJRT_DEVICE=CPU "$VENV/bin/python" -c 'import torch, torch_xla' 2>/dev/null
   fi
 fi
 "${PIP[@]}" numpy safetensors matplotlib tqdm fastcore   # what hdpl's training loop imports at run time
+"${PIP[@]}" transformers==5.24.0                           # hdpl.hf (tests/xla_hf_check.py); the version settings.ini's minimum names
 "${PIP[@]}" --no-deps -e "$REPO"   # this checkout's hdpl, without datasets / transformers
 ok=$(check)
 echo "== XLA venv $VENV: set up in $((SECONDS - T0))s ($ok)"

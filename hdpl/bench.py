@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LAYER_VARIANTS', 'MODEL_SHAPES', 'PEAK_TFLOPS', 'device_info', 'interleaved', 'medians', 'saved_bytes', 'make_layer',
            'layer_step', 'bench_layer', 'model_flops_per_token', 'bench_model', 'results_markdown', 'write_results',
-           'plot_results', 'BenchConfig', 'bench', 'bench_cli']
+           'plot_results', 'BenchConfig', 'bench']
 
 # %% ../nbs/09_bench.ipynb #f40ddd62
 import json, math, os, platform, statistics, time
@@ -294,7 +294,40 @@ class BenchConfig:
     model_steps: int = 2              # optimizer steps per timed block
     model_rounds: int = 5             # timed interleaved blocks per model
 
+    def __post_init__(self): _check_bench(self)
+
 def _csv(s, f=str): return [f(v) for v in str(s).split(',') if v.strip()]
+
+def _shape(s:str, what:str) -> tuple:
+    try: d = tuple(int(v) for v in s.lower().split('x'))
+    except ValueError: d = ()
+    if len(d) != 2 or min(d) < 1: raise ValueError(f"{what} must look like '512x2048' (d_in x d_out), got {s!r}")
+    return d
+
+def _check_bench(c:BenchConfig):
+    "Every setting of `c` that the benchmark could not run with raises a ValueError naming it."
+    for f, lo in (('tokens', 1), ('seq_len', 1), ('repeats', 1), ('warmup', 0), ('model_batch', 0), ('model_seq', 1),
+                  ('model_steps', 1), ('model_rounds', 1)):
+        v = getattr(c, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise ValueError(f"{f} must be an integer >= {lo}, got {v!r}")
+    if c.device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {c.device!r}")
+    shapes = [_shape(s, 'shapes') for s in _csv(c.shapes)]
+    if not shapes: raise ValueError("shapes is empty: give layer shapes like '512x512,512x2048'")
+    if bad := [d for d in _csv(c.dtypes) if d not in ('float32', 'bfloat16', 'float16', 'float64')]:
+        raise ValueError(f"unknown dtypes {bad}; choose from float32, bfloat16, float16, float64")
+    if not _csv(c.dtypes): raise ValueError("dtypes is empty: give e.g. 'float32,bfloat16'")
+    variants = _csv(c.variants)
+    if bad := sorted(set(variants) - set(LAYER_VARIANTS)): raise ValueError(f"unknown variants {bad}; choose from {LAYER_VARIANTS}")
+    if 'dense' not in variants: raise ValueError("the variants must include 'dense': every ratio is against it")
+    try: sweep = _csv(c.sweep, int)
+    except ValueError: raise ValueError(f"sweep must be comma-separated token counts (or ''), got {c.sweep!r}") from None
+    for n in [c.tokens] + sweep:
+        if n < 1 or n % min(c.seq_len, n): raise ValueError(f"token count {n} must be >= 1 and a multiple of seq_len={c.seq_len} (or smaller than it)")
+    if sweep: _shape(c.sweep_shape, 'sweep_shape')
+    if c.model_shape not in MODEL_SHAPES: raise ValueError(f"model_shape must be one of {sorted(MODEL_SHAPES)}, got {c.model_shape!r}")
+    if c.model_precision != 'auto' and (not _csv(c.model_precision) or set(_csv(c.model_precision)) - {'fp32', 'bf16'}):
+        raise ValueError(f"model_precision must be 'auto' or comma-separated 'fp32', 'bf16', got {c.model_precision!r}")
+    if c.model_compile not in ('auto', 'yes', 'no'): raise ValueError(f"model_compile must be 'auto', 'yes' or 'no', got {c.model_compile!r}")
 
 def bench(cfg:BenchConfig) -> dict:
     "Run the benchmark of `cfg`, write bench.json / bench.md / bench.png into `cfg.out_dir`; returns the results."
@@ -332,14 +365,3 @@ def bench(cfg:BenchConfig) -> dict:
     out = write_results(res, cfg.out_dir)
     plot_results(res, out / 'bench.png')
     return res
-
-def bench_cli(argv=None):
-    "Console script `hdpl_bench`."
-    import argparse
-    from hdpl.compare import _add_fields
-    p = argparse.ArgumentParser(prog='hdpl_bench', description='Time HDPL layers and models against dense nn.Linear, side by side.')
-    _add_fields(p, BenchConfig, 'benchmark')
-    ns = p.parse_args(argv)
-    res = bench(BenchConfig(**{k.split('.', 1)[1]: v for k, v in vars(ns).items() if v is not None}))
-    print(results_markdown(res))
-    print(f"written to {Path(res['settings']['out_dir']).resolve()}/bench.{{json,md,png}}")

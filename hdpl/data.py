@@ -59,10 +59,10 @@ def _check_int(name, v, lo, none_ok=False):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}{' or None' if none_ok else ''}, got {v!r}")
 
-def _check_sizes(seq_len, batch_size, max_doc_tokens=None, val_docs=0, val_batches=None, shuffle_buffer=0, txt_split='line'):
+def _check_sizes(seq_len, batch_size, max_doc_tokens=None, val_docs=1, val_batches=None, shuffle_buffer=0, txt_split='line'):
     _check_int('seq_len', seq_len, 1); _check_int('batch_size', batch_size, 1)
-    _check_int('max_doc_tokens', max_doc_tokens, 1, none_ok=True); _check_int('val_docs', val_docs, 0)
-    _check_int('val_batches', val_batches, 0, none_ok=True); _check_int('shuffle_buffer', shuffle_buffer, 0)
+    _check_int('max_doc_tokens', max_doc_tokens, 1, none_ok=True); _check_int('val_docs', val_docs, 1)
+    _check_int('val_batches', val_batches, 1, none_ok=True); _check_int('shuffle_buffer', shuffle_buffer, 0)
     if txt_split not in TXT_SPLITS: raise ValueError(f"txt_split must be one of {TXT_SPLITS}, got {txt_split!r}")
 
 def _check_rank(rank, world_size):
@@ -116,7 +116,8 @@ def load_tokenizer(name_or_path:Any='HuggingFaceTB/SmolLM2-135M', # a local fold
         try: tok = AutoTokenizer.from_pretrained(str(p))
         except Exception as e: raise ValueError(f"could not load a tokenizer from the folder {s!r} ({_first_line(e)}); "
                                                 "it should hold tokenizer.json and tokenizer_config.json") from None
-    elif _looks_like_path(s) or p.exists(): raise FileNotFoundError(f"tokenizer folder {s!r} not found (looked from {Path.cwd()})")
+    elif p.exists(): raise ValueError(f"the tokenizer path {s!r} is a file, not a folder: point at the folder that holds tokenizer.json")
+    elif _looks_like_path(s): raise FileNotFoundError(f"tokenizer folder {s!r} not found (looked from {Path.cwd()})")
     else:
         try: tok = AutoTokenizer.from_pretrained(s, local_files_only=True)    # the local 🤗 cache: no network
         except Exception:
@@ -162,6 +163,8 @@ def _local_files(source) -> Optional[list]:
         elif p.is_file():
             if p.suffix.lower() not in SUFFIXES: raise ValueError(f"unsupported file type {s!r}: use {', '.join(SUFFIXES)} files")
             files = [str(p)]
+        elif p.exists(): raise ValueError(f"{s!r} is not a regular file or folder (a device, a pipe or a socket): point at "
+                                          f"{'/'.join(SUFFIXES)} files, a folder or a glob of them")
         elif _looks_like_path(s): _missing(s)
         else: return None
     kinds = sorted({SUFFIXES[Path(f).suffix.lower()] for f in files})
@@ -173,21 +176,34 @@ _WIKI_TITLE = re.compile(r'^ = [^=].* = $')
 def _txt_documents(files, txt_split):
     "The documents of .txt files, cut as `txt_split` says, each stripped of surrounding whitespace."
     for f in files:
-        with open(f, encoding='utf-8') as fh:
-            if txt_split == 'file':
-                yield {'text': fh.read()}; continue
-            doc = []
-            for line in fh:
-                line = line.rstrip('\n')
-                if txt_split == 'line':
-                    if line.strip(): yield {'text': line.strip()}
-                    continue
-                new = not line.strip() if txt_split == 'blank' else bool(_WIKI_TITLE.match(line))
-                if new:
-                    if any(l.strip() for l in doc): yield {'text': '\n'.join(doc).strip()}
-                    doc = [] if txt_split == 'blank' else [line]
-                else: doc.append(line)
-            if any(l.strip() for l in doc): yield {'text': '\n'.join(doc).strip()}
+        try: yield from _txt_file(f, txt_split)
+        except UnicodeDecodeError:
+            raise ValueError(f"{f} is not UTF-8 text: {_bad_utf8(f)} cannot be decoded; convert the file to UTF-8") from None
+
+def _bad_utf8(f) -> str:
+    "Where the first byte that is not UTF-8 is, as 'byte 0x.. on line N' (a multi-byte character never spans lines)."
+    with open(f, 'rb') as fh:
+        for n, raw in enumerate(fh, 1):
+            try: raw.decode('utf-8')
+            except UnicodeDecodeError as e: return f"byte {raw[e.start]:#04x} on line {n:,}"
+    return 'a byte'
+
+def _txt_file(f, txt_split):
+    with open(f, encoding='utf-8') as fh:
+        if txt_split == 'file':
+            yield {'text': fh.read()}; return
+        doc = []
+        for line in fh:
+            line = line.rstrip('\n')
+            if txt_split == 'line':
+                if line.strip(): yield {'text': line.strip()}
+                continue
+            new = not line.strip() if txt_split == 'blank' else bool(_WIKI_TITLE.match(line))
+            if new:
+                if any(l.strip() for l in doc): yield {'text': '\n'.join(doc).strip()}
+                doc = [] if txt_split == 'blank' else [line]
+            else: doc.append(line)
+        if any(l.strip() for l in doc): yield {'text': '\n'.join(doc).strip()}
 
 # %% ../nbs/04_data.ipynb #8a830ca7
 def load_documents(source:Any='HuggingFaceFW/fineweb-edu', # hub id; local file, folder, glob or list of them; or a 🤗 (Iterable)Dataset
@@ -197,6 +213,7 @@ def load_documents(source:Any='HuggingFaceFW/fineweb-edu', # hub id; local file,
                    txt_split:str='line'):                   # how .txt files are cut into documents
     "The documents of `source`, in a fixed order, as a streaming 🤗 `IterableDataset` with one column, `text`."
     import datasets
+    files = None
     if txt_split not in TXT_SPLITS: raise ValueError(f"txt_split must be one of {TXT_SPLITS}, got {txt_split!r}")
     if isinstance(source, datasets.Dataset):
         what = f"the in-memory Dataset of {len(source):,} rows"
@@ -210,15 +227,49 @@ def load_documents(source:Any='HuggingFaceFW/fineweb-edu', # hub id; local file,
         if kind == 'text':
             ds = datasets.IterableDataset.from_generator(_txt_documents, gen_kwargs=dict(files=files, txt_split=txt_split))
             text_column = 'text'
-        else: ds = datasets.load_dataset(kind, data_files=files, split='train', streaming=True)
+        else:
+            if kind == 'parquet': _check_parquet(files)
+            ds = datasets.load_dataset(kind, data_files=files, split='train', streaming=True)
     else: ds, what = _hub_dataset(source, name, split), f"the hub dataset {source!r}"
     try: first = next(iter(copy.deepcopy(ds)))
     except StopIteration: raise ValueError(f"no documents: {what} is empty") from None
+    except Exception as e: raise _read_error(e, files, what) from None
     _check_column(list(first), text_column, what)
     if first[text_column] is not None and not isinstance(first[text_column], str):
         raise ValueError(f"the column {text_column!r} of {what} holds {type(first[text_column]).__name__}, not text; set text_column")
     ds = ds.select_columns([text_column])
-    return ds if text_column == 'text' else ds.rename_column(text_column, 'text')
+    ds = ds if text_column == 'text' else ds.rename_column(text_column, 'text')
+    ds._hdpl_files = files     # for messages that name the damaged file (kept by deepcopy)
+    return ds
+
+def _check_parquet(files):
+    "A 0-byte or non-Parquet file named .parquet is an error that names it (pyarrow's own names no file)."
+    for f in files:
+        n = os.path.getsize(f)
+        with open(f, 'rb') as fh: head = fh.read(4); fh.seek(max(0, n - 4)); tail = fh.read(4)
+        if n < 12 or head != b'PAR1' or tail != b'PAR1':
+            raise ValueError(f"{f} is not a Parquet file ({'empty' if n == 0 else f'{n:,} bytes without the PAR1 markers'}"
+                             f"{', perhaps cut short' if n and head == b'PAR1' else ''})")
+
+def _bad_json_line(files) -> Optional[str]:
+    "Where the first line of a JSON-lines file that is not a JSON object is, as 'file, line N: why', or None."
+    import json
+    for f in files:
+        with open(f, 'rb') as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip(): continue
+                try: rec = json.loads(line)
+                except ValueError as e:
+                    why = f"{e.msg.removesuffix(' at')} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+                    return f"{f}, line {n:,}: not valid JSON ({why})"
+                if not isinstance(rec, dict): return f"{f}, line {n:,}: a JSON {type(rec).__name__}, not an object"
+    return None
+
+def _read_error(e, files, what) -> Exception:
+    "A clear error for a failure while reading `files`: the file and line when they can be found."
+    if isinstance(e, ValueError) and str(e).startswith(tuple(files or ())): return e     # already names the file
+    if files and Path(files[0]).suffix.lower() in ('.jsonl', '.json') and (where := _bad_json_line(files)): return ValueError(where)
+    return ValueError(f"cannot read {what}: {_first_line(e)}")
 
 def _check_column(columns, col, what):
     if col not in columns: raise ValueError(f"no column {col!r} in {what}: its columns are {list(columns)}; set text_column")
@@ -259,6 +310,8 @@ class _Reader:
         "The text of document number `self.pos` (which then moves on), or None at the end of the source."
         try: ex = next(self._it)
         except StopIteration: return None
+        except Exception as e:
+            raise _read_error(e, getattr(self.docs, '_hdpl_files', None), f"the source at document {self.pos:,}") from None
         self.pos += 1
         if self.pos % self.every == 0:
             try: self.snaps[self.pos] = self._ds.state_dict()
@@ -489,7 +542,6 @@ def validation_batches(docs, tokenizer, seq_len:int=2048, batch_size:int=4,
                        rank:int=0, world_size:int=1, max_doc_tokens:Optional[int]=8192) -> list:
     "The fixed list of `val_batches` (x, y) batches of process `rank`, packed from the first `val_docs` documents in order."
     _check_sizes(seq_len, batch_size, max_doc_tokens, val_docs=val_docs, val_batches=val_batches); _check_rank(rank, world_size)
-    if val_docs == 0 or val_batches == 0: return []
     L1, per_step = seq_len + 1, world_size * batch_size
     want = None if val_batches is None else val_batches * per_step * L1     # tokens needed
     reader, chunks, n_tok, n_docs = _Reader(docs), [], 0, 0

@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['ACTIVE_VAR', 'KL_QUANTILES', 'SIGMA_QUANTILES', 'WEIGHTS', 'LayerStats', 'hdpl_layers', 'path_ce', 'diagnose',
-           'summary', 'diagnostics_table', 'load_run_model', 'run_batches', 'make_parser', 'diagnose_cli']
+           'summary', 'diagnostics_table', 'eval_summary', 'with_diagnostics', 'load_run_model', 'run_batches']
 
 # %% ../nbs/10_diagnostics.ipynb #feee908b
 import json, math
 from pathlib import Path
 from typing import Optional
+from dataclasses import replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from .functional import block_diag_bmm, gaussian_kl
 from .layer import HybridDualPathLinear
 from .params import HDPLConfig
 from .model import HDPLForCausalLM
+from .train import TrainConfig, latest_checkpoint
 
 # %% ../nbs/10_diagnostics.ipynb #dc781ecd
 ACTIVE_VAR = 0.01                                  # Burda et al. (2016): unit d is active if Var_x(mu_d(x)) > 0.01
@@ -177,6 +179,15 @@ def diagnostics_table(d:dict) -> str:
                  + ('' if d['layers'] else ' (no HDPL layers)') + '.')
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/10_diagnostics.ipynb #503b414c
+def eval_summary(model:nn.Module, batches) -> dict:
+    "`summary(diagnose(model, batches))` without the ablation passes: what `TrainConfig(diagnostics=eval_summary)` logs at every evaluation."
+    return summary(diagnose(model, batches, ablate=False))
+
+def with_diagnostics(tcfg:TrainConfig) -> TrainConfig:
+    "`tcfg` with `diagnostics=True` replaced by the function `eval_summary` (any other value is kept)."
+    return replace(tcfg, diagnostics=eval_summary) if tcfg.diagnostics is True else tcfg
+
 # %% ../nbs/10_diagnostics.ipynb #ae73d635
 WEIGHTS = ('latest', 'best', 'final')
 
@@ -186,9 +197,18 @@ def _run_dir_of(path:Path) -> tuple:
     if path.is_dir() and (path / 'state.pt').exists() and not (path / 'config.json').exists(): return path.parent, path
     return path, None
 
+def _line(e) -> str: return ' '.join(str(e).split())
+
+def _read_config(cfgp:Path) -> dict:
+    "A run's config.json, checked to hold the model's settings."
+    try: config = json.loads(cfgp.read_text())
+    except (ValueError, OSError) as e: raise ValueError(f"{cfgp} is damaged ({_line(e)}): it is not the JSON that hdpl_train writes") from None
+    if not isinstance(config, dict) or not isinstance(config.get('model'), dict):
+        raise ValueError(f"{cfgp} is not the config.json of an hdpl_train run (it holds no 'model' settings)")
+    return config
+
 def load_run_model(path, weights:str='latest', device='cpu') -> tuple:
     "(model in eval mode, the run's config.json) from a run directory of `hdpl_train`, one of its `ckpt-*` dirs or `.safetensors` files."
-    from hdpl.train import latest_checkpoint
     if weights not in WEIGHTS: raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     p = Path(path).expanduser()
     if not p.exists(): raise FileNotFoundError(f"{str(path)!r} does not exist (looked from {Path.cwd()})")
@@ -196,8 +216,9 @@ def load_run_model(path, weights:str='latest', device='cpu') -> tuple:
     cfgp = run / 'config.json'
     if not cfgp.exists(): raise FileNotFoundError(f"{run} holds no config.json: point at the --out-dir of an hdpl_train run, "
                                                   "one of its ckpt-* directories, or a .safetensors file inside it")
-    config = json.loads(cfgp.read_text())
-    model = HDPLForCausalLM(HDPLConfig(**config['model']))
+    config = _read_config(cfgp)
+    try: model = HDPLForCausalLM(HDPLConfig(**config['model']))
+    except (TypeError, ValueError) as e: raise ValueError(f"{cfgp}: the model settings are not valid ({_line(e)})") from None
     if src is None:
         if weights == 'latest':
             src = latest_checkpoint(run) or (run / 'final.safetensors' if (run / 'final.safetensors').exists() else None)
@@ -206,10 +227,15 @@ def load_run_model(path, weights:str='latest', device='cpu') -> tuple:
         else:
             src = run / f'{weights}.safetensors'
             if not src.exists(): raise FileNotFoundError(f"{run} holds no {src.name}")
-    if src.suffix == '.safetensors':
-        from safetensors.torch import load_model
-        load_model(model, str(src))
-    else: model.load_state_dict(torch.load(src / 'state.pt', map_location='cpu', weights_only=False)['model'])
+    f = src if src.suffix == '.safetensors' else src / 'state.pt'
+    try:
+        if src.suffix == '.safetensors':
+            from safetensors.torch import load_model
+            load_model(model, str(src))
+        else: model.load_state_dict(torch.load(f, map_location='cpu', weights_only=False)['model'])
+    except Exception as e:   # truncated, damaged, or the weights of another configuration
+        raise ValueError(f"cannot load the weights in {f} ({type(e).__name__}: {_line(e)[:300]}): "
+                         "the file is damaged, or does not belong to this run's config.json") from None
     config['weights'] = str(src)
     return model.to(device).eval(), config
 
@@ -225,37 +251,3 @@ def run_batches(config:dict, n_batches:int=8, **data_overrides) -> list:
     tok = load_tokenizer(dcfg.tokenizer, config['model']['vocab_size'])
     docs = load_documents(dcfg.source, dcfg.name, dcfg.split, dcfg.text_column, dcfg.txt_split)
     return validation_batches(docs, tok, dcfg.seq_len, dcfg.batch_size, dcfg.val_docs, n_batches, max_doc_tokens=dcfg.max_doc_tokens)
-
-# %% ../nbs/10_diagnostics.ipynb #df6041de
-def make_parser():
-    import argparse
-    from hdpl.compare import _add_fields, _data_config
-    p = argparse.ArgumentParser(prog='hdpl_diagnose', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Per-path and KL diagnostics of a trained HDPL model on held-out validation batches: "
-                    "norms of the block and variational outputs, validation loss with either path off, per-token KL vs ln 2, "
-                    "active latent units, spread of sigma.",
-        epilog="Data flags left unset take the values saved in the run's config.json.")
-    p.add_argument('run', help='an hdpl_train --out-dir, one of its ckpt-* directories, or a .safetensors file inside it')
-    p.add_argument('--weights', choices=WEIGHTS, default='latest', help="which weights of a run directory: latest checkpoint, best.safetensors or final.safetensors")
-    p.add_argument('--batches', type=int, default=8, help='validation batches to measure on')
-    p.add_argument('--no-path-ce', action='store_true', help='skip the two extra passes with one path switched off')
-    p.add_argument('--format', choices=('md', 'json'), default='md', help='what to print')
-    p.add_argument('--json', default=None, metavar='PATH', help='also write the full result as JSON here')
-    p.add_argument('--device', default='cpu', help="torch device to run on, e.g. 'cpu' or 'cuda'")
-    _add_fields(p, _data_config(), 'data', skip=('val_batches', 'shuffle_buffer', 'seed'))
-    return p
-
-def diagnose_cli(argv=None):
-    "Console script `hdpl_diagnose`; returns the result when given `argv` (None on the command line, where it would be the exit status)."
-    ns = make_parser().parse_args(argv)
-    if ns.batches < 1: raise SystemExit(f"hdpl_diagnose: --batches must be >= 1, got {ns.batches}")
-    try:
-        model, config = load_run_model(ns.run, ns.weights, ns.device)
-        over = {k.split('.', 1)[1]: v for k, v in vars(ns).items() if k.startswith('data.') and v is not None}
-        batches = run_batches(config, ns.batches, **over)
-    except (FileNotFoundError, ValueError) as e: raise SystemExit(f"hdpl_diagnose: {e}")
-    d = diagnose(model, batches, ablate=not ns.no_path_ce)
-    d['run'], d['weights'] = str(ns.run), config['weights']
-    if ns.json: Path(ns.json).write_text(json.dumps(d, indent=1))
-    print(json.dumps(d, indent=1) if ns.format == 'json' else f"{config['weights']}\n\n{diagnostics_table(d)}")
-    return d if argv is not None else None

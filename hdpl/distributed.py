@@ -16,6 +16,7 @@ import torch
 from .params import HDPLConfig
 from .data import Data, DataConfig
 from .train import Device, TrainConfig, Trainer, atomic_write
+from .diagnostics import with_diagnostics
 
 # %% ../nbs/06_distributed.ipynb #1ee57419
 class RunSpec(NamedTuple):
@@ -27,7 +28,7 @@ class RunSpec(NamedTuple):
 
     def to_dict(self) -> dict:
         "The JSON-friendly form, which `read_spec` and chapter 05's `run_from_json` read."
-        return dict(model=self.model.to_dict(), train=asdict(self.train), data=asdict(self.data),
+        return dict(model=self.model.to_dict(), train={**asdict(self.train), 'diagnostics': bool(self.train.diagnostics)}, data=asdict(self.data),
                     out_dir=None if self.out_dir is None else str(self.out_dir))
 
 def read_spec(spec) -> RunSpec:
@@ -96,6 +97,7 @@ def replica_checksums(model:torch.nn.Module, dev:Device) -> list:
 def train_replica(spec, dev:Device, data_fn:Optional[Callable]=None) -> Trainer:
     "Train `spec` as replica `dev.rank` of `dev.world_size`: its shard of the data (`data_fn`, default `make_data`), the `Trainer`, then a check that all replicas agree."
     s = read_spec(spec)
+    s = s._replace(train=with_diagnostics(s.train))     # diagnostics=True (a spec on disk records only that) -> chapter 10's function
     if data_fn is None: from hdpl.data import make_data as data_fn
     train_iter, val_batches, _ = data_fn(s.data, vocab_size=s.model.vocab_size, rank=dev.rank, world_size=dev.world_size)
     t = Trainer(s.model, s.train, train_iter, val_batches, out_dir=s.out_dir, device=dev, run_info=dict(data=asdict(s.data)))

@@ -53,14 +53,14 @@ def reparameterize(mu:torch.Tensor, logvar:torch.Tensor, training:bool=True) -> 
 
 # %% ../nbs/00_functional.ipynb #4d0c5ff8
 def gaussian_kl(mu:torch.Tensor, logvar:torch.Tensor) -> torch.Tensor:
-    "Elementwise KL( N(mu, exp(logvar)) || N(0, 1) ) in nats (Eq. 8), same shape as `mu`."
+    "Elementwise KL( N(mu, exp(logvar)) || N(0, 1) ) in nats (the terms of Eq. 8), same shape as `mu`."
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
 
 # %% ../nbs/00_functional.ipynb #dde389e9
 LN2 = math.log(2.0)
 
 def kl_per_token(mu:torch.Tensor, logvar:torch.Tensor) -> torch.Tensor:
-    "KL of each token's latent, summed over the last (rank) dimension: shape `mu.shape[:-1]`."
+    "KL of each token's latent (Eq. 8), summed over the last (rank) dimension: shape `mu.shape[:-1]`."
     return gaussian_kl(mu, logvar).sum(-1)
 
 def bounded_kl_loss(mu:torch.Tensor, logvar:torch.Tensor, beta:float=1e-3, bound:float=LN2) -> torch.Tensor:

@@ -7,6 +7,7 @@ __all__ = ['IMPLS', 'INITS', 'KL_MODES', 'PATHS', 'HybridDualPathLinear', 'free_
            'pop_aux_loss', 'agreement']
 
 # %% ../nbs/01_layer.ipynb #b0120d27
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,8 +40,9 @@ class HybridDualPathLinear(nn.Module):
         if impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if init not in INITS: raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if kl_mode not in KL_MODES: raise ValueError(f"kl_mode must be one of {KL_MODES}, got {kl_mode!r}")
-        if beta < 0 or kl_bound <= 0: raise ValueError(f"need beta >= 0 and kl_bound > 0, got beta={beta}, kl_bound={kl_bound}")
-        if free_bits < 0: raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+        for name, v, lo in (('beta', beta, '>='), ('kl_bound', kl_bound, '>'), ('free_bits', free_bits, '>=')):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if lo == '>=' else v > 0)
+            if not ok: raise ValueError(f"{name} must be a finite number {lo} 0, got {v!r}")
         self.in_features, self.out_features, self.rank, self.groups = in_features, out_features, rank, groups
         self.beta, self.kl_bound, self.impl, self.init, self.noise = float(beta), float(kl_bound), impl, init, bool(noise)
         self.kl_mode, self.free_bits = kl_mode, float(free_bits)
@@ -93,7 +95,8 @@ def free_bits_kl_loss(mu:torch.Tensor, logvar:torch.Tensor, beta:float=1e-3, fre
     return beta * kl_d.clamp(min=free_bits).sum()
 
 def _aux(self:HybridDualPathLinear, mu, logvar):
-    "The layer's KL term for its `kl_mode` (None for 'none')."
+    "The layer's KL term for its `kl_mode` (None for 'none'; zero, with zero gradients, for an input of no tokens)."
+    if mu.numel() == 0 and self.kl_mode != 'none': return mu.sum().to(torch.promote_types(mu.dtype, torch.float32))
     if self.kl_mode == 'paper': return bounded_kl_loss(mu, logvar, self.beta, self.kl_bound)
     if self.kl_mode == 'free_bits': return free_bits_kl_loss(mu, logvar, self.beta, self.free_bits)
     return None
@@ -148,6 +151,7 @@ def _blocks_addmm_(out, x, wb, groups):
 def _kl_terms(mu, lv, kl_mode, bound, free_bits):
     "KL term before beta, and the mask of where it passes gradient (per token for 'paper', per dimension for 'free_bits')."
     kl = gaussian_kl(mu, lv)
+    if kl.shape[0] == 0: return kl.sum(), torch.zeros_like(kl, dtype=torch.bool)   # no tokens: a zero term, no gradient
     if kl_mode == 'paper':
         tok = kl.sum(-1)
         return tok.clamp(max=bound).mean(), (tok <= bound).unsqueeze(-1)
@@ -191,7 +195,7 @@ class HDPLFunction(torch.autograd.Function):
             if eps is None: g_enc[:, R:] = 0
             else: torch.mul(gz, std, out=g_enc[:, R:]).mul_(eps).mul_(0.5)
         if mask is not None:
-            c = (g_aux * (ctx.beta / N)).to(enc.dtype)     # both KL modes average over the N tokens
+            c = (g_aux * (ctx.beta / max(N, 1))).to(enc.dtype)     # both KL modes average over the N tokens
             lv = enc[:, R:]
             g_enc[:, :R].addcmul_(mu * mask, c)
             g_enc[:, R:].addcmul_((lv.exp() - 1) * mask, c * 0.5)
@@ -230,6 +234,9 @@ def _forward_fast(self:HybridDualPathLinear, x):
 _FORWARDS = {'fast': _forward_fast, 'composed': _forward_composed, 'reference': _forward_reference}
 
 def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{type(self).__name__} expects a floating-point tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__} (convert token ids with an embedding first)")
     if x.dim() == 0 or x.shape[-1] != self.in_features:
         raise ValueError(f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
     if self.paths not in PATHS: raise ValueError(f"paths must be one of {PATHS}, got {self.paths!r}")

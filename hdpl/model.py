@@ -129,6 +129,12 @@ class HDPLForCausalLM(nn.Module):
             raise ValueError(f"sequence length {idx.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        if idx.device.type == 'cpu' and idx.numel():   # on an accelerator this check would cost a host sync every step
+            lo, hi = torch.aminmax(idx)
+            if lo < 0 or hi >= cfg.vocab_size:
+                bad = (lo if lo < 0 else hi).item()
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, vocab_size={cfg.vocab_size}): the tokenizer and "
+                                 "the model's vocab_size disagree")
 
     def num_params(self) -> int:
         "Number of distinct parameters (a tied head is counted once)."

@@ -6,9 +6,10 @@
 __all__ = ['PROJECTIONS', 'PRESETS', 'resolve_hybrid', 'HDPLConfig', 'projection_params', 'param_counts']
 
 # %% ../nbs/02_params.ipynb #9c0f7d99
+import math
 from dataclasses import dataclass, fields
 from .functional import LN2, check_groups, hdpl_num_params
-from .layer import KL_MODES
+from .layer import IMPLS, INITS, KL_MODES
 
 # %% ../nbs/02_params.ipynb #fd568924
 PROJECTIONS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
@@ -54,12 +55,18 @@ class HDPLConfig:
         self.hybrid = resolve_hybrid(self.hybrid)
         for f in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'd_ff', 'max_seq_len', 'rank', 'groups'):
             v = getattr(self, f)
-            if not isinstance(v, int) or v < 1: raise ValueError(f"{f} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{f} must be a positive integer, got {v!r}")
+        for f, lo in (('beta', '>='), ('kl_bound', '>'), ('rope_base', '>'), ('norm_eps', '>'), ('free_bits', '>=')):
+            v = getattr(self, f)    # NaN, infinity or a value out of range would build a model that trains to nonsense
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if lo == '>=' else v > 0)):
+                raise ValueError(f"{f} must be a finite number {lo} 0, got {v!r}")
+        if self.impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.init not in INITS: raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2: raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         for name in self.hybrid: check_groups(*self.projection_shape(name), self.groups)
         if self.kl_mode not in KL_MODES: raise ValueError(f"kl_mode must be one of {KL_MODES}, got {self.kl_mode!r}")
-        if not 0 <= self.path_dropout < 1: raise ValueError(f"path_dropout must be in [0, 1), got {self.path_dropout!r}")
+        if not isinstance(self.path_dropout, (int, float)) or not 0 <= self.path_dropout < 1: raise ValueError(f"path_dropout must be in [0, 1), got {self.path_dropout!r}")
         if self.path_dropout > 0 and (not isinstance(self.path_dropout_steps, int) or self.path_dropout_steps < 1):
             raise ValueError(f"path_dropout > 0 needs path_dropout_steps >= 1, got {self.path_dropout_steps!r}")
 

@@ -4,11 +4,10 @@
 
 # %% auto #0
 __all__ = ['VARIANTS', 'SWEEP_PRESETS', 'EVAL_SETS', 'EVAL_DOC_TOKENS', 'equal_params_d_ff', 'variant_config', 'sweep_configs',
-           'eval_batches', 'run_one', 'aggregate', 'format_table', 'write_csv', 'plot_curves', 'sweep', 'make_parser',
-           'sweep_cli']
+           'eval_batches', 'run_one', 'aggregate', 'format_table', 'write_csv', 'plot_curves', 'sweep']
 
 # %% ../nbs/11_sweep.ipynb #474283b3
-import argparse, csv, json, math, statistics, time
+import csv, json, math, statistics, time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
@@ -246,10 +245,9 @@ def write_csv(results:list, path):
 # %% ../nbs/11_sweep.ipynb #07da6fe7
 def plot_curves(results:list, path=None):
     "Validation CE vs step per variant (mean, min–max band over seeds), and the paired difference to the baseline."
-    import matplotlib
-    if path is not None: matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), dpi=80)
+    from matplotlib.figure import Figure          # a Figure of its own: matplotlib's global backend is left alone
+    fig = Figure(figsize=(12, 4), dpi=80)
+    axes = fig.subplots(1, 2)
     variants = list(dict.fromkeys(r['variant'] for r in results))
     base = {r['seed']: dict(map(tuple, r['curve'])) for r in results if r['variant'] == 'baseline'}
     for v in variants:
@@ -267,11 +265,12 @@ def plot_curves(results:list, path=None):
     axes[1].set_title('minus the baseline with the same seed'); axes[1].axhline(0, color='k', lw=0.8)
     lo = [r['curve'][len(r['curve']) // 3][1] for r in results if len(r['curve']) > 2]
     if lo: axes[0].set_ylim(top=max(lo) + 0.1, bottom=min(min(v for _, v in r['curve']) for r in results) - 0.1)
+    axes[0].set_ylabel('cross-entropy (nats/token)'); axes[1].set_ylabel('difference (nats/token)')
     for ax in axes:
         ax.set_xlabel('step'); ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
     fig.tight_layout()
-    if path is not None: fig.savefig(path); plt.close(fig)
+    if path is not None: fig.savefig(path)
     return fig
 
 # %% ../nbs/11_sweep.ipynb #6ebc954e
@@ -287,7 +286,7 @@ def sweep(variants=tuple(VARIANTS), seeds=(0, 1, 2), preset:str='cpu', out_dir=N
     n_eval, n_diag = n_eval or p['eval_batches'], n_diag or p['diag_batches']
     if n_eval < 1 or n_diag < 1: raise ValueError(f"eval_batches and diag_batches must be >= 1, got {n_eval}, {n_diag}")
     data_dir = _data_dir(data_dir)
-    out = Path(out_dir or f"runs/sweep-{preset}"); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir or f"runs/sweep-{preset}")      # created by the first run: a sweep that cannot start leaves nothing behind
     t0, results, missing = time.perf_counter(), [], []
     for seed in seeds:
         for v in variants:
@@ -299,6 +298,7 @@ def sweep(variants=tuple(VARIANTS), seeds=(0, 1, 2), preset:str='cpu', out_dir=N
     summary_ = dict(preset=preset, variants=list(variants), seeds=list(seeds), data_seed=data_seed, data_dir=str(data_dir),
                     complete=not missing, missing=[list(m) for m in missing], wall_s=round(time.perf_counter() - t0, 1))
     if results:
+        out.mkdir(parents=True, exist_ok=True)
         rows = aggregate(results, list(variants))
         r0 = results[0]
         note = (f"{r0['steps']} steps of {r0['tokens_per_step']:,} tokens per run ({r0['steps'] * r0['tokens_per_step']:,} training tokens); "
@@ -313,50 +313,3 @@ def sweep(variants=tuple(VARIANTS), seeds=(0, 1, 2), preset:str='cpu', out_dir=N
         summary_.update(rows=rows, markdown=md)
     summary_['runs'] = results
     return summary_
-
-# %% ../nbs/11_sweep.ipynb #3dd1bb93
-_VARIANT_FIELDS = ('hybrid', 'kl_mode', 'noise', 'path_dropout', 'path_dropout_steps')
-
-def make_parser() -> argparse.ArgumentParser:
-    from hdpl.compare import _add_fields, _data_config
-    p = argparse.ArgumentParser(prog='hdpl_sweep', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a grid of model variants x seeds on identical data (English Wikipedia by default), evaluate each final "
-                    "model on held-out and out-of-domain text, diagnose it, and write sweep_table.md, sweep_runs.csv, sweep.json "
-                    "and sweep_curves.png. Run the same command again to resume a sweep that was stopped.",
-        epilog="Model, training and data flags left unset take the preset's value and apply to every variant; "
-               f"the variant options ({', '.join(_VARIANT_FIELDS)}) are set by --variants.")
-    p.add_argument('--preset', choices=sorted(SWEEP_PRESETS), default='cpu', help='starting point for every setting')
-    p.add_argument('--variants', default=','.join(VARIANTS), help=f"comma-separated variants from {list(VARIANTS)}")
-    p.add_argument('--seeds', default='0,1,2', help='comma-separated model seeds (initialisation and noise)')
-    p.add_argument('--data-seed', type=int, default=42, help='seed of the data order, the same for every run')
-    p.add_argument('--out-dir', default=None, help='where runs and tables are written (default: runs/sweep-<preset>)')
-    p.add_argument('--data-dir', default=None, help="the shared data folder with enwiki-2015/, smollm2-tokenizer/ and the evaluation sets "
-                                                   "(default: $HDPL_DATA, else the first shared/data above the current directory)")
-    p.add_argument('--eval-batches', type=int, default=None, help="batches per evaluation set (default: the preset's)")
-    p.add_argument('--diag-batches', type=int, default=None, help="held-out batches for the diagnostics (default: the preset's)")
-    p.add_argument('--time-budget-s', type=float, default=None, help='stop (with checkpoints) after this many seconds for the whole sweep')
-    _add_fields(p, HDPLConfig, 'model', skip=_VARIANT_FIELDS)
-    _add_fields(p, TrainConfig, 'train', skip=('seed', 'time_budget_s'))
-    _add_fields(p, _data_config(), 'data', skip=('seed',))
-    return p
-
-def _csv(s:str, conv=str, what='value') -> tuple:
-    try: return tuple(conv(x.strip()) for x in s.split(',') if x.strip())
-    except ValueError: raise SystemExit(f"hdpl_sweep: bad {what} list {s!r}") from None
-
-def sweep_cli(argv=None):
-    "Console script `hdpl_sweep`; returns the sweep's summary when given `argv` (None on the command line, where it would be the exit status)."
-    ns = make_parser().parse_args(argv)
-    over = {'model': {}, 'train': {}, 'data': {}}
-    for k, v in vars(ns).items():
-        if '.' in k and v is not None: g, f = k.split('.', 1); over[g][f] = v
-    variants, seeds = _csv(ns.variants, what='variant'), _csv(ns.seeds, int, 'seed')
-    try:
-        res = sweep(variants, seeds, ns.preset, ns.out_dir, ns.data_dir, ns.data_seed, over['model'], over['train'], over['data'],
-                    ns.eval_batches, ns.diag_batches, ns.time_budget_s)
-    except (ValueError, FileNotFoundError, FileExistsError) as e: raise SystemExit(f"hdpl_sweep: {e}")
-    out = Path(ns.out_dir or f"runs/sweep-{ns.preset}")
-    if res.get('markdown'): print('\n' + res['markdown'])
-    print(f"{'complete' if res['complete'] else 'INCOMPLETE'}: {len(res['runs'])} of {len(variants) * len(seeds)} runs in {res['wall_s']:.0f}s; "
-          f"written: {out}/sweep_table.md, sweep_runs.csv, sweep.json, sweep_curves.png")
-    return res if argv is not None else None

@@ -6,7 +6,7 @@
   `.ci/xla_venv.sh`; its python is `$HDPL_XLA_PYTHON`, else `.venv-xla/bin/python`. tests/xla_check.py runs there and
   reports what it measured; these tests assert on it. Without that venv they are skipped, except under `CI=true`.
 """
-import json, os, subprocess, sys, time
+import json, math, os, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -76,9 +76,9 @@ def xla_python() -> str:
     if CI or os.environ.get('HDPL_XLA_PYTHON'): pytest.fail(msg)
     pytest.skip(msg)
 
-def xla_check(mode, tmp_path, **env) -> dict:
-    "Run tests/xla_check.py `mode` on the XLA CPU device; its measurements."
-    p, dt = _run([xla_python(), str(ROOT / 'tests' / 'xla_check.py'), mode, str(tmp_path)], tmp_path, timeout=300,
+def xla_check(mode, tmp_path, script='xla_check.py', **env) -> dict:
+    "Run tests/`script` (`mode`, if not None) on the XLA CPU device; its measurements."
+    p, dt = _run([xla_python(), str(ROOT / 'tests' / script), *([mode] if mode else []), str(tmp_path)], tmp_path, timeout=300,
                  PJRT_DEVICE='CPU', TF_CPP_MIN_LOG_LEVEL='2', **env)
     line = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
     assert line, f"no RESULT line\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
@@ -121,3 +121,15 @@ def test_xla_spmd_two_devices(tmp_path):
     e = r['train_spmd']                                          # the entry point: the same run, from a spec
     assert e['replicas']['world_size'] == 1 and {'replicas.json', 'best.safetensors', 'latest'} <= set(e['files'])
     assert max(abs(a - b) for a, b in zip(e['ce'], r['spmd']['ce'])) < 1e-6 and e['new_compiles'] == 0, e
+
+def test_xla_hdplified_transformers_llama(tmp_path):
+    "hdpl's Trainer trains an hdplified 🤗 transformers Llama on the XLA CPU device (tests/xla_hf_check.py)."
+    r = xla_check(None, tmp_path, script='xla_hf_check.py')
+    for prec, dtype in (('fp32', 'torch.float32'), ('bf16-weights', 'torch.bfloat16')):
+        a = r[prec]
+        assert a['model'] == a['reloaded'] == 'HDPLLlamaForCausalLM' and a['hdpl_layers'] == 10 and a['dtype'] == dtype
+        assert_stops_compiling(a['compiles_after_step'])         # measured: fp32 [5, 7, 7, ...], bf16 weights [10, 11, 11, ...]
+        assert set(a['fallbacks']) <= {'aten::_local_scalar_dense'}, a['fallbacks']
+        assert len(a['ce']) == 8 and all(4 < c < 7 for c in a['ce'])  # ~ln(256) = 5.55 on random tokens
+        assert all(abs(x - 10 * 1e-3 * math.log(2)) < 1e-5 for x in a['aux'])   # 10 HDPL layers at beta ln 2 each
+        assert {'best', 'metrics.jsonl', 'latest'} <= set(a['files'])   # best/: a save_pretrained directory, reloaded above
