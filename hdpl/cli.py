@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['USER_ERRORS', 'XLA_HINT', 'COMMANDS', 'flag_of', 'add_fields', 'overrides', 'UsageError', 'CommandError', 'one_line',
            'fail', 'Parser', 'command', 'check_device', 'check_out_dir', 'check_out_file', 'check_run_dir',
-           'check_data_file', 'check_data', 'configs', 'csv_list', 'train_parser', 'train_cli', 'compare_cli',
-           'bench_parser', 'bench_cli', 'diagnose_parser', 'diagnose_cli', 'sweep_parser', 'sweep_cli', 'main']
+           'check_data_file', 'check_data', 'configs', 'check_train', 'csv_list', 'train_parser', 'train_cli',
+           'compare_cli', 'bench_parser', 'bench_cli', 'diagnose_parser', 'diagnose_cli', 'sweep_parser', 'sweep_cli',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #2b7be7fa
 import argparse, contextlib, functools, glob, importlib.util, json, logging, os, re, stat, sys, types
@@ -17,7 +18,7 @@ import torch
 from fastcore.docments import docments
 from .params import HDPLConfig, PRESETS
 from .data import DataConfig, SUFFIXES
-from .train import TrainConfig
+from .train import Device, TrainConfig
 from .compare import RUN_PRESETS, build_configs, train_run, compare
 from .bench import BenchConfig, bench, results_markdown
 from .diagnostics import WEIGHTS, load_run_model, run_batches, diagnose, diagnostics_table
@@ -222,6 +223,11 @@ def configs(parser:Parser, fn, *args, **kw):
         if (m := re.match(r'(\w+)( must|=)', msg)) and (flag := parser.flag_for(m.group(1))): msg = flag + msg[len(m.group(1)):]
         raise UsageError(msg) from None
 
+def check_train(tcfg:TrainConfig) -> TrainConfig:
+    "What a training run needs of its `TrainConfig` beyond the class's own checks: a device this machine has, a known precision."
+    check_device(tcfg.device)
+    if tcfg.precision not in ('auto', 'bf16', 'fp32'): raise UsageError(f"--precision must be one of auto, bf16, fp32, got {tcfg.precision!r}")
+    return tcfg
 
 def csv_list(s:str, flag:str, conv=str, choices=None, what:str='value') -> tuple:
     "The values of a comma-separated flag: not empty, no repeats, each converted by `conv` and among `choices`."
@@ -242,7 +248,12 @@ def train_parser(prog:str='hdpl_train', compare_mode:bool=False) -> Parser:
         epilog="Flags left unset take the preset's value (the paper's Table 2 for --preset paper).")
     p.add_argument('--preset', choices=sorted(RUN_PRESETS), default='tiny' if compare_mode else 'paper', help='starting point for every setting')
     if compare_mode: p.add_argument('--models', default='baseline,surgical', help=f"comma-separated model presets from {sorted(PRESETS)}")
-    else: p.add_argument('--model', choices=sorted(PRESETS), default='surgical', help='which projections are HDPL layers')
+    else:
+        p.add_argument('--model', choices=sorted(PRESETS), default='surgical', help='which projections are HDPL layers')
+        p.add_argument('--init-from', default=None, metavar='SRC',
+                       help="start from a pretrained 🤗 transformers causal LM: a checkpoint folder, a hub name or a .gguf file "
+                            "(chapter 12); --model/--hybrid pick the projections that become HDPL (baseline: keep it dense), with "
+                            "the HDPL layer flags (--rank, --groups, ...); the model-shape flags do not apply")
     p.add_argument('--out-dir', default=None, help='where runs are written (default: runs/<preset>-<model(s)>)')
     p.add_argument('--no-resume', action='store_true', help='refuse to continue a run found in --out-dir')
     p.add_argument('--nprocs', type=int, choices=(1,), default=None,
@@ -257,13 +268,32 @@ def _run_configs(p:Parser, ns, model:str) -> tuple:
     "(HDPLConfig, TrainConfig, DataConfig) of `model` from the parsed flags, every setting checked."
     o = overrides(ns)
     mcfg, tcfg, dcfg = configs(p, build_configs, ns.preset, model, o['model'], o['train'], o['data'])
-    check_device(tcfg.device); check_data(dcfg.source, dcfg.tokenizer)
+    check_train(tcfg); check_data(dcfg.source, dcfg.tokenizer)
     return mcfg, tcfg, dcfg
+
+_LAYER_FIELDS = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise', 'hybrid')
+
+def _train_pretrained(p:Parser, ns) -> dict:
+    "`hdpl_train --init-from SRC`: the checks, then `hdpl.hf.train_pretrained`."
+    from hdpl.hf import HDPLSettings, train_pretrained
+    if bad := sorted(set(overrides(ns)['model']) - set(_LAYER_FIELDS)):
+        raise UsageError(f"{', '.join(flag_of(f) for f in bad)} does not apply with --init-from: the model's shape comes from {ns.init_from}")
+    src = ns.init_from
+    if (_is_path(src) or src.endswith('.gguf')) and not Path(src).exists(): raise UsageError(f"--init-from: {src} does not exist")
+    mcfg, tcfg, dcfg = _run_configs(p, ns, ns.model)           # the layer settings, training and data, all checked
+    if (tcfg.device if tcfg.device != 'auto' else Device.detect()) == 'xla':
+        if ns.nprocs != 1: raise UsageError("--init-from trains in one process: add --nprocs 1 on XLA")
+        if tcfg.precision != 'fp32': raise UsageError("transformers' Llama does not run under bf16 autocast on XLA: use --precision fp32 (chapter 12)")
+    out = check_run_dir(check_out_dir(ns.out_dir or f"runs/{ns.preset}-init-{ns.model}"), resume=not ns.no_resume)
+    c = mcfg
+    settings = HDPLSettings(c.hybrid, c.rank, c.groups, None, None, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise) if c.hybrid else None
+    return train_pretrained(src, out, tcfg, dcfg, settings, resume=not ns.no_resume)
 
 @command('hdpl_train')
 def train_cli(argv=None):
     "Console script `hdpl_train`: train one model into --out-dir (resuming it), then print its summary row."
     p = train_parser('hdpl_train'); ns = p.parse_args(argv)
+    if ns.init_from is not None: return print(json.dumps(_train_pretrained(p, ns), indent=1))
     mcfg, tcfg, dcfg = _run_configs(p, ns, ns.model)
     out = check_run_dir(check_out_dir(ns.out_dir or f"runs/{ns.preset}-{ns.model}"), resume=not ns.no_resume)
     row = train_run(mcfg, tcfg, dcfg, out, resume=not ns.no_resume, nprocs=ns.nprocs)
@@ -372,7 +402,7 @@ def sweep_cli(argv=None):
     for v in variants:                                       # every run's settings, checked before the first one trains
         for s in seeds:
             mcfg, tcfg, dcfg = configs(p, sweep_configs, v, s, ns.preset, ns.data_dir, ns.data_seed, o['model'], o['train'], o['data'])
-            check_device(tcfg.device)
+            check_train(tcfg)
     check_data(dcfg.source, dcfg.tokenizer)
     res = sweep(variants, seeds, ns.preset, out, ns.data_dir, ns.data_seed, o['model'], o['train'], o['data'],
                 ns.eval_batches, ns.diag_batches, ns.time_budget_s)

@@ -6,10 +6,10 @@
 __all__ = ['PROJECTION_PATHS', 'STANDALONE_MODULES', 'REMOTE_FILE', 'FAMILIES', 'HDPLLlamaConfig', 'HDPLLlamaForCausalLM',
            'decoder_layers', 'HDPLSettings', 'ProjectionReport', 'HDPLReport', 'HDPLCausalLMOutput',
            'standalone_source', 'register_family', 'hdplify', 'llama_config', 'to_hf', 'from_hf', 'CausalLM',
-           'load_causal_lm']
+           'load_causal_lm', 'train_pretrained']
 
 # %% ../nbs/12_hf.ipynb #513f2f6a
-import dataclasses, importlib, inspect, math, re, warnings
+import dataclasses, importlib, inspect, math, re, statistics, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,6 +24,7 @@ from .functional import LN2, hdpl_num_params
 from .layer import HybridDualPathLinear, pop_aux_loss, IMPLS, INITS, KL_MODES
 from .params import HDPLConfig, PROJECTIONS, PRESETS, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
+from .train import Trainer, TrainConfig, read_metrics
 
 # %% ../nbs/12_hf.ipynb #dce209a5
 PROJECTION_PATHS = {'q': 'self_attn.q_proj', 'k': 'self_attn.k_proj', 'v': 'self_attn.v_proj', 'o': 'self_attn.o_proj',
@@ -341,3 +342,23 @@ def load_causal_lm(src, dtype=torch.float32, **kw) -> PreTrainedModel:
         if len(gg) == 1: return AutoModelForCausalLM.from_pretrained(str(p), gguf_file=gg[0].name, dtype=dtype, **kw)
         raise FileNotFoundError(f"{p} holds no config.json" + (f" and {len(gg)} .gguf files: name one" if gg else " (not a transformers checkpoint)"))
     return AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, **kw)
+
+# %% ../nbs/12_hf.ipynb #b8b9f199
+def train_pretrained(src, out_dir, tcfg:TrainConfig, dcfg, settings:Optional[HDPLSettings]=None, resume:bool=True) -> dict:
+    "Train the transformers causal LM `src` (hdplified with `settings` unless already HDPL) into `out_dir`; its summary row."
+    from hdpl.data import make_data
+    t0 = time.perf_counter()
+    lm = load_causal_lm(src)
+    torch.manual_seed(tcfg.seed)                              # the same fresh HDPL layers every time
+    if settings is not None and getattr(type(lm), '_hdpl_base', None) is None:
+        hdplify(lm, **{('hybrid' if k == 'projections' else k): v for k, v in dataclasses.asdict(settings).items()})
+    train_iter, val_batches, _ = make_data(dcfg, vocab_size=lm.config.vocab_size)
+    info = dict(data=dataclasses.asdict(dcfg), init_from=str(src))
+    Trainer(CausalLM(lm), tcfg, train_iter, val_batches, out_dir=out_dir, resume=resume, run_info=info).fit()
+    recs = read_metrics(out_dir)
+    vals = [r['val_ce'] for r in recs if 'val_ce' in r]
+    tps = [r['tokens_per_s'] for r in recs if 'tokens_per_s' in r][1:] or [float('nan')]   # skip the warm-up interval
+    return dict(model=type(lm).__name__, init_from=str(src), params=sum(p.numel() for p in lm.parameters()),
+                steps=recs[-1]['step'] if recs else 0, final_val_ce=vals[-1] if vals else float('nan'),
+                min_val_ce=min(vals) if vals else float('nan'), tokens_per_s=statistics.median(tps),
+                wall_s=time.perf_counter() - t0, best=str(Path(out_dir) / 'best'))
