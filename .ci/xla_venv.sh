@@ -57,7 +57,7 @@ if ! PJRT_DEVICE=CPU "$VENV/bin/python" -c 'import torch, torch_xla' 2>/dev/null
   fi
 fi
 "${PIP[@]}" numpy safetensors matplotlib tqdm fastcore   # what hdpl's training loop imports at run time
-"${PIP[@]}" transformers==5.24.0                           # hdpl.hf (tests/xla_hf_check.py); the version settings.ini's minimum names
+"${PIP[@]}" transformers==5.24.0                           # hdpl.hf (tests/xla_hf_check.py): the newest version hdpl is tested with
 "${PIP[@]}" --no-deps -e "$REPO"   # this checkout's hdpl, without datasets / transformers
 ok=$(check)
 echo "== XLA venv $VENV: set up in $((SECONDS - T0))s ($ok)"

@@ -24,6 +24,7 @@ from .functional import LN2, hdpl_num_params
 from .layer import HybridDualPathLinear, pop_aux_loss, IMPLS, INITS, KL_MODES
 from .params import HDPLConfig, PROJECTIONS, PRESETS, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
+from .data import make_data
 from .train import Trainer, TrainConfig, read_metrics
 
 # %% ../nbs/12_hf.ipynb #dce209a5
@@ -158,6 +159,11 @@ def _config_twin(base:type) -> type:
     d = HDPLSettings().to_config()
     ns = {'__annotations__': ann, 'model_type': f'hdpl_{base.model_type}', '__module__': __name__,
           '__doc__': f"`{base.__name__}` + the HDPL settings (`hdpl_*`, see `HDPLSettings`)", **{k: d[k] for k in ann}}
+    if not dataclasses.is_dataclass(base):             # transformers before configs became dataclasses: keyword arguments
+        def __init__(self, **kw):
+            for k in ann: setattr(self, k, kw.pop(k, list(d[k]) if isinstance(d[k], list) else d[k]))
+            base.__init__(self, **kw)
+        return type(f'HDPL{base.__name__}', (base,), {**{k: v for k, v in ns.items() if k not in ann and k != '__annotations__'}, '__init__': __init__})
     ns['hdpl_projections'] = dataclasses.field(default_factory=lambda: list(PRESETS['surgical']))
     return strict(type(f'HDPL{base.__name__}', (base,), ns))
 
@@ -344,9 +350,8 @@ def load_causal_lm(src, dtype=torch.float32, **kw) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, **kw)
 
 # %% ../nbs/12_hf.ipynb #b8b9f199
-def train_pretrained(src, out_dir, tcfg:TrainConfig, dcfg, settings:Optional[HDPLSettings]=None, resume:bool=True) -> dict:
+def train_pretrained(src, out_dir, tcfg:'TrainConfig', dcfg, settings:Optional[HDPLSettings]=None, resume:bool=True) -> dict:
     "Train the transformers causal LM `src` (hdplified with `settings` unless already HDPL) into `out_dir`; its summary row."
-    from hdpl.data import make_data
     t0 = time.perf_counter()
     lm = load_causal_lm(src)
     torch.manual_seed(tcfg.seed)                              # the same fresh HDPL layers every time
