@@ -9,7 +9,7 @@ __all__ = ['PROJECTION_PATHS', 'STANDALONE_MODULES', 'REMOTE_FILE', 'FAMILIES', 
            'load_causal_lm', 'train_pretrained']
 
 # %% ../nbs/12_hf.ipynb #513f2f6a
-import dataclasses, importlib, inspect, math, re, statistics, time, warnings
+import dataclasses, importlib, inspect, re, statistics, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +21,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .functional import LN2, hdpl_num_params
-from .layer import HybridDualPathLinear, pop_aux_loss, IMPLS, INITS, KL_MODES
+from .layer import HybridDualPathLinear, pop_aux_loss
 from .params import HDPLConfig, PROJECTIONS, PRESETS, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
 from .data import make_data
@@ -133,9 +133,9 @@ def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
             hp = hdpl_num_params(d_in, d_out, kw['rank'], kw['groups']) + (d_out if dense.bias is not None else 0)
             dp = dense.weight.numel() + (d_out if dense.bias is not None else 0)
             report.append(ProjectionReport(i, name, d_in, d_out, kw['rank'], kw['groups'], dp, hp))
-    for parent, attr, dense, kw in plan:
-        w = dense.weight
-        setattr(parent, attr, HybridDualPathLinear(w.shape[1], w.shape[0], bias=dense.bias is not None, device=w.device, dtype=w.dtype, **kw))
+    new = [HybridDualPathLinear(d.in_features, d.out_features, bias=d.bias is not None, device=d.weight.device, dtype=d.weight.dtype, **kw)
+           for _, _, d, kw in plan]                       # every layer is built (and its settings checked) before any is swapped in
+    for (parent, attr, _, _), layer in zip(plan, new): setattr(parent, attr, layer)
     return report
 
 def _warn_larger(report:HDPLReport):
@@ -241,8 +241,12 @@ def hdplify(model:nn.Module, hybrid='surgical', rank:int=128, groups:int=8, over
         if s.overrides or s.layers is not None:
             raise ValueError("hdpl's own HDPLForCausalLM records one rank and groups for every block; "
                              "for per-projection or per-block settings convert it first: hdplify(to_hf(model), ...)")
-        report = _replace_projections(model, s)
         c = model.config
+        keys = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise')
+        if c.hybrid and (diff := [k for k in keys if getattr(c, k) != getattr(s, k)]):
+            raise ValueError(f"this model's HDPL layers ({', '.join(c.hybrid)}) have other settings ({', '.join(diff)}); hdpl's own "
+                             "model records one set for all: use the same settings, or convert it first: hdplify(to_hf(model), ...)")
+        report = _replace_projections(model, s)
         c.hybrid = resolve_hybrid(set(c.hybrid) | set(s.projections))
         c.rank, c.groups, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise = (
             s.rank, s.groups, s.beta, s.kl_bound, s.kl_mode, s.free_bits, s.impl, s.init, s.noise)

@@ -3,9 +3,7 @@
 A tiny random Llama is saved with `save_pretrained`; the command hdplifies it, trains it on the FineWeb-Edu sample in
 shared/data, writes the best model as a `save_pretrained` folder, and resumes when run again."""
 import json, math
-from pathlib import Path
 import pytest, torch
-import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from hdpl.data import find_data_dir
 from hdpl.train import read_metrics

@@ -9,7 +9,6 @@ import json, os, sys, time
 os.environ.setdefault('PJRT_DEVICE', 'CPU')
 import torch, transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-from dataclasses import replace
 from xla_check import counting, DATA, TRAIN
 from hdpl.train import Device, Trainer
 from hdpl.distributed import random_data, xla_metrics
