@@ -204,11 +204,13 @@ def bench_model(models=('baseline', 'surgical'), shape:str='paper', batch_size:i
 # %% ../nbs/09_bench.ipynb #fedd19e9
 def _fmt(v, f): return '–' if v is None else format(v, f)
 
+def _duration(s:float) -> str: return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min"
+
 def results_markdown(res:dict) -> str:
     "The benchmark's tables as markdown."
     info, L, M = res['device'], [r for r in res['rows'] if r['kind'] == 'layer'], [r for r in res['rows'] if r['kind'] == 'model']
     out = [f"Device: **{info['name']}** ({info['device']}), torch {info['torch']}, {res['date']}."
-           + (f" Benchmark wall time {res['wall_s'] / 60:.1f} min." if res.get('wall_s') else ''), '']
+           + (f" Benchmark wall time {_duration(res['wall_s'])}." if res.get('wall_s') else ''), '']
     main = [r for r in L if r['tokens'] == res['settings']['tokens']]
     if main:
         out += [f"Layer forward + backward, {res['settings']['tokens']:,} tokens (median of {res['settings']['repeats']} interleaved repeats):", '',

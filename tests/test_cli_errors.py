@@ -74,6 +74,7 @@ CASES = [
     ('train-seq-too-long', train_cli, F('--preset', 'tiny', '--max-seq-len', '16', '--seq-len', '64'), 2, ['--max-seq-len=16']),
     ('train-batch-0', train_cli, F('--preset', 'tiny', '--batch-size', '0'), 2, ['--batch-size']),
     ('train-device-unknown', train_cli, F('--preset', 'tiny', '--device', 'tpu'), 2, ['--device', "'tpu'"]),
+    ('train-precision-unknown', train_cli, F('--preset', 'tiny', '--precision', 'fp16'), 2, ['--precision', "'fp16'"]),
     ('train-out-dir-is-file', train_cli, lambda d: ['--preset', 'tiny', '--out-dir', d / 'file'], 2, ['--out-dir', 'is not a folder']),
     ('train-out-dir-under-file', train_cli, lambda d: ['--preset', 'tiny', '--out-dir', d / 'file' / 'run'], 2, ['file is not a folder']),
     ('train-out-dir-garbage-config', train_cli, lambda d: ['--preset', 'tiny', '--out-dir', d / 'run-garbage'], 2, ['run-garbage/config.json', 'damaged']),

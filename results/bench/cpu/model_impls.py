@@ -1,9 +1,10 @@
 """End-to-end training speed of the dense baseline, the surgical model with the fused kernel (impl='fast') and the
 surgical model in the paper's grouped-convolution form (impl='reference'), timed in ONE run, interleaved.
 
-Same timing as `hdpl.bench.bench_model` (Table 2 shape, 1 x 2048 tokens per step, AdamW, blocks of 2 optimizer steps,
-median over interleaved rounds), with a third contender. Writes model_impls.json and model_impls.md next to this file.
-Run from the repository root: `python results/bench/cpu/model_impls.py`.
+Same timing as `hdpl.bench.bench_model` (Table 2 shape, 1 x 2048 tokens per step, AdamW, blocks of
+STEPS optimizer steps, median over ROUNDS interleaved rounds after one warm-up round), with a third contender. Writes model_impls.json and model_impls.md next to this file.
+Run from the repository root: `OMP_NUM_THREADS=1 python results/bench/cpu/model_impls.py` (the committed run: one thread,
+so that the timing holds up when other processes share the CPU; STEPS and ROUNDS may be set in the environment).
 """
 import json, os, sys, time
 from pathlib import Path
@@ -16,8 +17,8 @@ from hdpl.distributed import RandomBatches
 
 CONTENDERS = {'baseline': ('baseline', {}), 'surgical fast': ('surgical', {'impl': 'fast'}),
               'surgical reference': ('surgical', {'impl': 'reference'})}
-SEQ, BATCH, STEPS = 2048, 1, 2
-ROUNDS, WARMUP = int(os.environ.get('ROUNDS', 5)), 1
+SEQ, BATCH = 2048, 1
+STEPS, ROUNDS, WARMUP = int(os.environ.get('STEPS', 1)), int(os.environ.get('ROUNDS', 7)), 1
 
 def runs_for(precision):
     dev = Device('cpu', precision); runs = {}
@@ -47,7 +48,8 @@ for prec in ('fp32', 'bf16'):
     del runs
 res['load_avg_1min']['end'] = os.getloadavg()[0]; res['wall_s'] = time.perf_counter() - t0
 md = [f"Device: **{res['device']['name']}** (cpu), torch {res['device']['torch']}, {res['date']}; "
-      f"one run, {ROUNDS} interleaved rounds of {STEPS} optimizer steps per contender, median.", '',
+      f"one run, {ROUNDS} interleaved rounds of {STEPS} optimizer step(s) per contender, median; load average "
+      f"{res['load_avg_1min']['start']:.1f} at the start, {res['load_avg_1min']['end']:.1f} at the end.", '',
       '| model | impl | params | batch × seq | precision | tokens/s | × baseline | × reference |', '|---|---|--:|---|---|--:|--:|--:|']
 md += [f"| {r['model'].split()[0]} | {CONTENDERS[r['model']][1].get('impl', '–')} | {r['params']:,} | {BATCH} × {SEQ} | {r['precision']} | "
        f"{r['tokens_per_s']:,.0f} | {r['vs_baseline']:.3f} | {r['vs_reference']:.2f} |" for r in res['rows']]
