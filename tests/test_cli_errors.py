@@ -1,4 +1,4 @@
-"""Bad input to the five commands (chapter 13): every user error ends as ONE line on stderr, `prog: message`, naming the
+"""Bad input to the five commands (chapter 16): every user error ends as ONE line on stderr, `prog: message`, naming the
 file or the setting, with no traceback; exit status 2 for a bad command line (found before any data is read), 1 for a
 damaged input found while running; and nothing is written. A bug keeps its traceback.
 
