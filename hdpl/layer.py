@@ -257,6 +257,17 @@ def set_block_drop(model:nn.Module, p:float) -> int:
         if isinstance(m, HybridDualPathLinear): m.block_drop = float(p); n += 1
     return n
 
+# %% ../nbs/01_layer.ipynb #f555917e
+def _encode(self:HybridDualPathLinear, x:torch.Tensor) -> tuple:
+    "`(mu, logvar)`, each `(..., rank)`: the parameters of q(z|x), `x W_mu^T + b_mu` and `x W_sigma^T + b_sigma`."
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != self.in_features:
+        raise ValueError(f"{type(self).__name__}.encode expects a floating-point input of shape (..., {self.in_features}), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    enc = F.linear(x, self.encoder_weight, self.encoder_bias)
+    return enc[..., :self.rank], enc[..., self.rank:]
+
+HybridDualPathLinear.encode = _encode
+
 # %% ../nbs/01_layer.ipynb #88da711f
 def pop_aux_loss(model:nn.Module, device=None) -> torch.Tensor:
     "Sum and clear `aux_loss` of every `HybridDualPathLinear` in `model`: a 0-dim float32 tensor."
