@@ -10,7 +10,7 @@ __all__ = ['EDIT_KINDS', 'STRENGTHS', 'PROMPTS', 'hdpl_layers', 'LatentEdit', 'p
            'plot_pca']
 
 # %% ../nbs/15_latent.ipynb #a54e2c2f
-import contextlib, fnmatch, math, re, time, types
+import contextlib, fnmatch, functools, math, re, time
 from dataclasses import dataclass
 from typing import Any, Optional
 import numpy as np
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .functional import block_diag_bmm, block_diag_conv1d, gaussian_kl, reparameterize
-from .layer import HybridDualPathLinear, _aux, _block_dropout, _combine
+from .functional import gaussian_kl
+from .layer import HybridDualPathLinear
 from .model import HDPLForCausalLM
 from .data import encode_documents
 from .hf import decoder_layers
@@ -79,7 +79,7 @@ def parse_edit(name:str, layer:HybridDualPathLinear, e) -> LatentEdit:
     return LatentEdit(kind, v, dims)
 
 def _apply_edit(z:torch.Tensor, e:LatentEdit) -> torch.Tensor:
-    "z `(N, R)` after the edit `e`."
+    "z `(..., R)` after the edit `e`."
     cast = lambda t: t.to(dtype=z.dtype, device=z.device)
     if e.kind == 'replace':
         if not callable(e.value): return cast(e.value).expand_as(z)
@@ -89,7 +89,7 @@ def _apply_edit(z:torch.Tensor, e:LatentEdit) -> torch.Tensor:
                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
         return out
     d = None if e.dims is None else e.dims.to(z.device)
-    zs = z if d is None else z[:, d]
+    zs = z if d is None else z[..., d]
     if e.kind == 'add': zs = zs + cast(e.value)
     elif e.kind == 'scale': zs = zs * cast(e.value)
     elif e.kind == 'set': zs = torch.zeros_like(zs) + cast(e.value)
@@ -98,64 +98,29 @@ def _apply_edit(z:torch.Tensor, e:LatentEdit) -> torch.Tensor:
         if lo is not None: zs = torch.maximum(zs, cast(lo))
         if hi is not None: zs = torch.minimum(zs, cast(hi))
     if d is None: return zs
-    z = z.clone(); z[:, d] = zs
+    z = z.clone(); z[..., d] = zs
     return z
 
 # %% ../nbs/15_latent.ipynb #ee1ac8a8
-def _forward_edited(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
-    "The layer's forward with its `_latent_edits` applied to z before the decoder: the reference form for impl='reference', else the composed one."
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != self.in_features:
-        raise ValueError(f"{type(self).__name__} expects a floating-point input of shape (..., {self.in_features}), got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    R, lead, aux = self.rank, x.shape[:-1], None
-    if self.impl == 'reference':
-        block = block_diag_conv1d(x, self.block_weight, self.groups)
-        mu = F.linear(x, self.encoder_weight[:R], self.encoder_bias[:R])
-        logvar = F.linear(x, self.encoder_weight[R:], self.encoder_bias[R:])
-        z = reparameterize(mu, logvar, self.training and self.noise)
-        if self.training: aux = _aux(self, mu, logvar)
-        z = z.reshape(-1, R)
-        for e in self._latent_edits: z = _apply_edit(z, e)
-        var = F.linear(F.silu(z), self.decoder_weight).view(*lead, self.out_features)
-        out = _combine(self, _block_dropout(self, block), var)
-    else:
-        x2 = x.reshape(-1, self.in_features)
-        if self.training:
-            mu, logvar = self.encode(x2)
-            z, aux = reparameterize(mu, logvar, self.noise), _aux(self, mu, logvar)
-        else: z = F.linear(x2, self.encoder_weight[:R], self.encoder_bias[:R])
-        for e in self._latent_edits: z = _apply_edit(z, e)
-        block = block_diag_bmm(x2, self.block_weight, self.groups)
-        if self.paths == 'both' and not (self.training and self.block_drop > 0): out = torch.addmm(block, F.silu(z), self.decoder_weight.t())
-        else: out = _combine(self, _block_dropout(self, block), F.linear(F.silu(z), self.decoder_weight))
-        out = out.view(*lead, self.out_features)
-    if self.bias is not None: out = out + self.bias
-    self.aux_loss = aux if aux is not None else torch.zeros((), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    return out
-
 @contextlib.contextmanager
 def steer(model:nn.Module, edits:dict):
     """Edit z before the decoder of the named HDPL layers while the block runs: `{name or glob: edit or [edits]}` (see `parse_edit`).
     Every `impl` is supported. The fused kernel (`impl='fast'`) never exposes z, so while a layer is edited it runs the composed
-    form (`impl='reference'` layers: the reference form) with the edits between encoder and decoder; layers without edits keep
-    their own implementation, fused kernel included. `steer(model, {})` changes nothing, bit for bit."""
+    form (`impl='reference'` layers: the reference form) with the edits between encoder and decoder (the layer's `z_edits`);
+    layers without edits keep their own implementation, fused kernel included. `steer(model, {})` changes nothing, bit for bit."""
     if not isinstance(edits, dict): raise TypeError(f"edits must be a dict {{layer name: edit}}, got {type(edits).__name__}")
     plan = {}                                                    # id(layer) -> (layer, [LatentEdit]); everything is checked first
     for key, es in edits.items():
         for name, layer in hdpl_layers(model, [key]).items():
             parsed = [parse_edit(name, layer, e) for e in (es if isinstance(es, (list, tuple)) else [es])]
             plan.setdefault(id(layer), (layer, []))[1].extend(parsed)
-    saved = [(layer, layer.__dict__.get('forward'), layer.__dict__.get('_latent_edits')) for layer, _ in plan.values()]
+    saved = [(layer, layer.z_edits) for layer, _ in plan.values()]
     try:
-        for layer, es in plan.values():
-            layer._latent_edits = list(layer.__dict__.get('_latent_edits') or []) + es     # nested blocks compose, inner last
-            layer.forward = types.MethodType(_forward_edited, layer)
+        for layer, es in plan.values():                            # nested blocks compose, inner last
+            layer.z_edits = tuple(layer.z_edits) + tuple(functools.partial(_apply_edit, e=e) for e in es)
         yield model
     finally:
-        for layer, fwd, prev in saved:
-            for attr, old in (('forward', fwd), ('_latent_edits', prev)):
-                if old is None: layer.__dict__.pop(attr, None)
-                else: layer.__dict__[attr] = old
+        for layer, prev in saved: layer.z_edits = prev
 
 # %% ../nbs/15_latent.ipynb #3a8d6fe7
 @contextlib.contextmanager

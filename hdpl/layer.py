@@ -47,6 +47,7 @@ class HybridDualPathLinear(nn.Module):
         self.beta, self.kl_bound, self.impl, self.init, self.noise = float(beta), float(kl_bound), impl, init, bool(noise)
         self.kl_mode, self.free_bits = kl_mode, float(free_bits)
         self.paths, self.block_drop = 'both', 0.0     # switches for ablations and diagnostics (see below)
+        self.z_edits = ()                             # functions z -> z applied before the decoder (hdpl.latent.steer)
         kw = dict(device=device, dtype=dtype)
         self.block_weight = nn.Parameter(torch.empty(out_features, in_features // groups, **kw))
         self.encoder_weight = nn.Parameter(torch.empty(2 * rank, in_features, **kw))
@@ -114,7 +115,7 @@ def _forward_reference(self:HybridDualPathLinear, x):
     block = block_diag_conv1d(x, self.block_weight, self.groups)
     mu = F.linear(x, self.encoder_weight[:R], self.encoder_bias[:R])
     logvar = F.linear(x, self.encoder_weight[R:], self.encoder_bias[R:])
-    z = reparameterize(mu, logvar, self.training and self.noise)
+    z = _edit_z(self, reparameterize(mu, logvar, self.training and self.noise))
     var = F.linear(F.silu(z), self.decoder_weight)
     out = _combine(self, _block_dropout(self, block), var)
     aux = _aux(self, mu, logvar) if self.training else None
@@ -123,6 +124,11 @@ def _forward_reference(self:HybridDualPathLinear, x):
 def _combine(self:HybridDualPathLinear, block, var):
     "block + variational output, or one of them alone when a path is switched off (`paths`)."
     return block + var if self.paths == 'both' else block if self.paths == 'block' else var
+
+def _edit_z(self:HybridDualPathLinear, z):
+    "z after the layer's `z_edits` (functions `(..., R) -> (..., R)`, set by `hdpl.latent.steer`), in order; z itself when there are none."
+    for f in self.z_edits: z = f(z)
+    return z
 
 # %% ../nbs/01_layer.ipynb #08e61c52
 def _forward_composed(self:HybridDualPathLinear, x):
@@ -135,6 +141,7 @@ def _forward_composed(self:HybridDualPathLinear, x):
         aux = _aux(self, mu, logvar)
     else:
         z, aux = F.linear(x2, self.encoder_weight[:R], self.encoder_bias[:R]), None
+    z = _edit_z(self, z)
     block = block_diag_bmm(x2, self.block_weight, self.groups)
     if self.paths == 'both' and not (self.training and self.block_drop > 0):
         out = torch.addmm(block, F.silu(z), self.decoder_weight.t())
@@ -210,7 +217,7 @@ class HDPLFunction(torch.autograd.Function):
 
 # %% ../nbs/01_layer.ipynb #651a4c6b
 def _fused_ok(self:HybridDualPathLinear, x) -> bool:
-    return (x.device.type in ('cpu', 'cuda') and self.paths == 'both' and not (self.training and self.block_drop > 0)
+    return (x.device.type in ('cpu', 'cuda') and self.paths == 'both' and not self.z_edits and not (self.training and self.block_drop > 0)
             and not torch.compiler.is_compiling())
 
 def _forward_fast(self:HybridDualPathLinear, x):

@@ -27,7 +27,7 @@ def tiny_llama(impl='fast'):
 
 X = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
 
-def clean(m): return all('forward' not in l.__dict__ and '_latent_edits' not in l.__dict__ and not l._forward_pre_hooks
+def clean(m): return all('forward' not in l.__dict__ and not l.z_edits and not l._forward_pre_hooks
                          for l in hdpl_layers(m).values())
 
 @pytest.mark.parametrize('impl', IMPLS)
