@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['EDIT_KINDS', 'STRENGTHS', 'PROMPTS', 'hdpl_layers', 'LatentEdit', 'parse_edit', 'steer', 'capture_latents',
-           'lm_logits', 'domain_windows', 'mean_ce', 'linear_probe', 'random_projection', 'latent_stats',
-           'read_latents', 'read_report', 'add_to_residual', 'residual_means', 'steering_curves', 'z_steer_ctx',
-           'residual_ctx', 'generate_text', 'pca_2d', 'steer_summary', 'latent_demo', 'plot_read', 'plot_steer',
-           'plot_pca']
+           'linear_probe', 'random_projection', 'latent_stats', 'read_latents', 'read_report', 'add_to_residual',
+           'residual_means', 'steering_curves', 'z_steer_ctx', 'residual_ctx', 'generate_text', 'pca_2d',
+           'steer_summary', 'latent_demo', 'plot_read', 'plot_steer', 'plot_pca']
 
 # %% ../nbs/15_latent.ipynb #a54e2c2f
 import contextlib, fnmatch, functools, math, re, time
@@ -23,6 +22,7 @@ from .layer import HybridDualPathLinear
 from .model import HDPLForCausalLM
 from .data import encode_documents
 from .hf import decoder_layers
+from .convert import lm_logits, domain_windows, mean_ce   # shared with the conversion (chapter 13)
 
 # %% ../nbs/15_latent.ipynb #f8c76c6d
 def hdpl_layers(model:nn.Module, layers=None) -> dict:
@@ -165,32 +165,6 @@ def capture_latents(model:nn.Module, layers=None,
             if inputs: result[n]['x'] = cat('x', sel[n].in_features)
 
 # %% ../nbs/15_latent.ipynb #f4b99ba5
-def lm_logits(model:nn.Module, idx:torch.Tensor) -> torch.Tensor:
-    "Logits `(B, T, vocab)` of hdpl's `HDPLForCausalLM` or of a transformers causal LM (HF-native HDPL or dense) for token ids `idx`."
-    if isinstance(model, HDPLForCausalLM): return model(idx).logits
-    return model(input_ids=idx, use_cache=False).logits
-
-def domain_windows(tokenizer, texts:list, n_windows:int, seq_len:int=128, max_doc_tokens:int=4096) -> torch.Tensor:
-    "`(n_windows, seq_len + 1)` token ids: the texts (each + EOS) concatenated in order and cut into windows."
-    need, parts, have = n_windows * (seq_len + 1), [], 0
-    for i in range(0, len(texts), 64):
-        for a in encode_documents(tokenizer, texts[i:i + 64], max_doc_tokens): parts.append(a); have += len(a)
-        if have >= need: break
-    if have < need: raise ValueError(f"the {len(texts)} texts hold {have:,} tokens, fewer than {n_windows} windows of {seq_len + 1}")
-    return torch.from_numpy(np.concatenate(parts)[:need]).view(n_windows, seq_len + 1)
-
-@torch.no_grad()
-def mean_ce(model:nn.Module, windows:torch.Tensor, batch_size:int=8) -> float:
-    "Mean next-token cross-entropy (nats) of `model` in eval mode over the windows."
-    was, tot, n = model.training, 0.0, 0
-    model.eval()
-    try:
-        for b in windows.split(batch_size):
-            lg = lm_logits(model, b[:, :-1]).float()
-            tot += F.cross_entropy(lg.reshape(-1, lg.shape[-1]), b[:, 1:].reshape(-1), reduction='sum').item(); n += b[:, 1:].numel()
-    finally: model.train(was)
-    return tot / n
-
 def linear_probe(feats:torch.Tensor, labels:torch.Tensor, groups:torch.Tensor, test_every:int=4, weight_decay:float=1e-3, steps:int=100) -> float:
     "Held-out accuracy of a logistic-regression probe (L-BFGS, standardised features); sequences with `groups % test_every == 0` are held out."
     test = groups % test_every == 0
