@@ -9,7 +9,7 @@ __all__ = ['INPUT_GROUPS', 'STAGES', 'MIN_CALIB_TOKENS', 'HELD_OUT', 'TRAINABLE'
            'held_out_texts', 'held_out_windows', 'evaluate_domains', 'path_balance', 'kl_stats', 'Distiller',
            'set_trainable', 'convert_pretrained', 'inference_speed']
 
-# %% ../nbs/13_convert.ipynb #437b9f00
+# %% ../nbs/13_convert.ipynb #c73591fa
 import copy, dataclasses, json, math, os, shutil, statistics, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +24,9 @@ from .layer import HybridDualPathLinear, pop_aux_loss
 from .model import HDPLForCausalLM, LMOutput
 from .data import DataConfig, encode_documents, load_documents, load_tokenizer, make_data
 from .train import Trainer, TrainConfig, atomic_write, read_metrics
-from .hf import HDPLSettings, PROJECTION_PATHS, decoder_layers, hdplify, load_causal_lm
+from .hf import CausalLM, HDPLSettings, PROJECTION_PATHS, decoder_layers, hdplify, load_causal_lm
 
-# %% ../nbs/13_convert.ipynb #22ce3b37
+# %% ../nbs/13_convert.ipynb #0d038a20
 def block_mask(out_features:int, in_features:int, groups:int) -> torch.Tensor:
     "Boolean `(out, in)` mask of the K diagonal blocks."
     r = torch.arange(out_features) // (out_features // groups); c = torch.arange(in_features) // (in_features // groups)
@@ -42,7 +42,7 @@ def block_energy(w:torch.Tensor, groups:int, cov:Optional[torch.Tensor]=None) ->
     m = block_mask(*w.shape, groups).double()
     return float(_wnorm2(w * m, cov) / _wnorm2(w, cov))
 
-# %% ../nbs/13_convert.ipynb #0ac70081
+# %% ../nbs/13_convert.ipynb #ed7b1ad9
 def _blocks_of(w:torch.Tensor, groups:int) -> torch.Tensor:
     "W's diagonal blocks in `HybridDualPathLinear.block_weight`'s layout, `(out, in/K)`."
     o, i = w.shape; go, gi = o // groups, i // groups
@@ -86,7 +86,7 @@ def fit_structured(target:torch.Tensor, groups:int, rank:int, cov:Optional[torch
     err = w - _dense_of(blocks, i, groups) - dec @ enc
     return dict(blocks=blocks, dec=dec, enc=enc, rel_err=float((_wnorm2(err, c) / _wnorm2(w, c)).sqrt()))
 
-# %% ../nbs/13_convert.ipynb #a23d1f67
+# %% ../nbs/13_convert.ipynb #7f003de5
 def silu_slope(t:float) -> float:
     "SiLU'(t)."
     s = 1 / (1 + math.exp(-t)); return s * (1 + t * (1 - s))
@@ -109,7 +109,7 @@ def init_from_dense(layer:HybridDualPathLinear, weight:torch.Tensor, cov:Optiona
     if layer.bias is not None: layer.bias.copy_(bias if bias is not None else torch.zeros_like(layer.bias))
     return dict(rel_err=f['rel_err'], block_energy=block_energy(weight, layer.groups, cov))
 
-# %% ../nbs/13_convert.ipynb #2196bee8
+# %% ../nbs/13_convert.ipynb #19d5d70a
 class _Stop(Exception): pass
 
 class BlockRunner:
@@ -143,7 +143,7 @@ def _inputs(runner:BlockRunner, blocks, i:int, hs:list, module_path:str) -> torc
     finally: hd.remove()
     return torch.cat(got)
 
-# %% ../nbs/13_convert.ipynb #b82cc08e
+# %% ../nbs/13_convert.ipynb #88de38c0
 INPUT_GROUPS = (('q', 'k', 'v'), ('o',), ('gate', 'up'), ('down',))   # projections of a block that read the same input
 STAGES = ('paper', 'closed', 'refined', 'local')
 MIN_CALIB_TOKENS = 1024
@@ -200,7 +200,7 @@ def permute_mlp_(block:nn.Module, perm:torch.Tensor):
 def _hdplify_kwargs(s:HDPLSettings) -> dict:
     return {('hybrid' if k == 'projections' else k): v for k, v in dataclasses.asdict(s).items()}
 
-# %% ../nbs/13_convert.ipynb #9fc4e54d
+# %% ../nbs/13_convert.ipynb #7d1c46dd
 def _train_block(block:nn.Module, runner:BlockRunner, hs:list, ys:list, ht:list, epochs:int, lr:float) -> dict:
     "Train every parameter of `block` so that it maps the converted model's inputs `hs` to the dense block's outputs `ys` (AdamW, cosine)."
     scale = sum(float((y - h).square().mean()) for y, h in zip(ys, ht)) / len(ys)
@@ -221,7 +221,7 @@ def _train_block(block:nn.Module, runner:BlockRunner, hs:list, ys:list, ht:list,
     with torch.no_grad(): after = sum(float(loss_of(i)) for i in range(len(hs))) / len(hs)
     return dict(before=before, after=after)
 
-# %% ../nbs/13_convert.ipynb #fa3af4ce
+# %% ../nbs/13_convert.ipynb #9c759ca5
 def check_calibration(calib_ids:Optional[torch.Tensor], vocab_size:Optional[int]=None):
     "Refuse calibration ids that are missing, of the wrong shape, too few, or outside the vocabulary."
     if calib_ids is None: raise ValueError("this stage needs calibration token ids (calib_ids: a (windows, seq_len) tensor)")
@@ -307,7 +307,7 @@ def convert(model:nn.Module, settings:HDPLSettings, calib_ids:Optional[torch.Ten
     model.train(was); info['seconds'] = time.perf_counter() - t0
     return info
 
-# %% ../nbs/13_convert.ipynb #4478f194
+# %% ../nbs/13_convert.ipynb #37a83230
 def lm_logits(model:nn.Module, idx:torch.Tensor) -> torch.Tensor:
     "Logits `(B, T, vocab)` of hdpl's `HDPLForCausalLM` or of a transformers causal LM (HF-native HDPL or dense) for token ids `idx`."
     if isinstance(model, HDPLForCausalLM): return model(idx).logits
@@ -351,7 +351,7 @@ def calibration_ids(data:DataConfig, n_tokens:int, seq_len:Optional[int]=None) -
     except ValueError as e: raise ValueError(f"calibration data too small: {e} (after the first {data.val_docs:,} documents, kept for validation)") from None
     return w
 
-# %% ../nbs/13_convert.ipynb #13caccc0
+# %% ../nbs/13_convert.ipynb #8cad766c
 HELD_OUT = ('fineweb-edu', 'enwiki', 'eltec', 'wikitext-2')
 
 def held_out_texts(data_dir) -> dict:
@@ -373,7 +373,7 @@ def evaluate_domains(model:nn.Module, windows:dict, batch_size:int=4) -> dict:
     "Mean CE (nats/token) of `model` on each set of windows."
     return {k: round(mean_ce(model, w, batch_size), 4) for k, w in windows.items()}
 
-# %% ../nbs/13_convert.ipynb #b05969e6
+# %% ../nbs/13_convert.ipynb #ef8c8d4e
 def _hdpl_modules(model:nn.Module) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, HybridDualPathLinear)}
 
@@ -423,19 +423,19 @@ def kl_stats(model:nn.Module, windows:torch.Tensor, batch_size:int=4, bound:floa
         model.train(was)
     return {n: dict(kl=a[0] / a[2], under_bound=a[1] / a[2]) for n, a in acc.items()}
 
-# %% ../nbs/13_convert.ipynb #6b572439
+# %% ../nbs/13_convert.ipynb #dd47cc73
 TRAINABLE = ('blocks', 'hdpl', 'all')
 
-class Distiller(nn.Module):
-    "A transformers causal LM `student` trained against a frozen `teacher`, with hdpl's interface `forward(idx, targets) -> LMOutput` for `Trainer`."
+class Distiller(CausalLM):
+    "A transformers causal LM `student` trained against a frozen `teacher`, with hdpl's interface `forward(idx, targets) -> LMOutput` for `Trainer`; saves as the student."
     def __init__(self, student:nn.Module, teacher:nn.Module, kd:float=0.9, temperature:float=1.0, trainable:str='blocks'):
-        super().__init__()
+        super().__init__(student)
         if not 0 <= kd <= 1: raise ValueError(f"kd (the weight of the distillation term) must be in [0, 1], got {kd}")
         if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
         if trainable not in TRAINABLE: raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         if student.config.vocab_size != teacher.config.vocab_size:
             raise ValueError(f"student and teacher vocabularies differ: {student.config.vocab_size} vs {teacher.config.vocab_size}")
-        self.lm, self.kd, self.temperature, self.trainable = student, float(kd), float(temperature), trainable
+        self.kd, self.temperature, self.trainable = float(kd), float(temperature), trainable
         object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))     # not a submodule: not trained, not saved
         set_trainable(student, trainable)
 
@@ -455,13 +455,7 @@ class Distiller(nn.Module):
         return LMOutput(out.logits, (1 - self.kd) * ce + extra, ce, extra)
 
     def config_dict(self) -> dict:
-        d = {k: v for k, v in self.lm.config.to_dict().items() if k not in ('transformers_version', '_name_or_path', 'dtype', 'torch_dtype')}
-        return dict(d, distil=dict(kd=self.kd, temperature=self.temperature, trainable=self.trainable))
-
-    def save_pretrained(self, directory, state_dict:Optional[dict]=None, **kw):
-        "`save_pretrained` of the student."
-        if state_dict is not None: state_dict = {k[len('lm.'):]: v for k, v in state_dict.items()}
-        return self.lm.save_pretrained(directory, state_dict=state_dict, **kw)
+        return dict(super().config_dict(), distil=dict(kd=self.kd, temperature=self.temperature, trainable=self.trainable))
 
 def set_trainable(model:nn.Module, trainable:str='blocks') -> int:
     "Set `requires_grad` for distillation: 'all'; 'blocks' (the decoder blocks from the first HDPL one on, and the final norm); 'hdpl' (the HDPL layers only). Returns the trainable count."
@@ -477,7 +471,7 @@ def set_trainable(model:nn.Module, trainable:str='blocks') -> int:
         if norm is not None: norm.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/13_convert.ipynb #24c168ff
+# %% ../nbs/13_convert.ipynb #11c5544f
 def _param_counts(model:nn.Module) -> dict:
     blocks = decoder_layers(model)
     return dict(total=sum(p.numel() for p in model.parameters()), blocks=sum(p.numel() for p in blocks.parameters()))
@@ -539,7 +533,7 @@ def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Option
         tr = Trainer(Distiller(student, teacher, kd, temperature, trainable), tcfg, train_iter, val_batches, out_dir=work / 'distil',
                      resume=True, run_info=dict(data=dataclasses.asdict(data), init_from=str(src)))
         tr.fit(stop_at=stop_at)
-        if tr.step < tcfg.max_steps:
+        if stop_at is not None and tr.step < tcfg.max_steps:        # stopped on request (a time budget ends the run instead)
             return dict(res, finished=False, step=tr.step)
         recs = read_metrics(work / 'distil')
         res['distil'] = dict(steps=tr.step, val_ce=[(r['step'], r['val_ce']) for r in recs if 'val_ce' in r],
@@ -553,23 +547,13 @@ def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Option
     if eval_windows:
         res['eval'] = dict(dense=evaluate_domains(teacher, eval_windows), converted=evaluate_domains(student, eval_windows))
     res.update(finished=True, seconds=time.perf_counter() - t0)
+    atomic_write(done, lambda t: t.write_text(json.dumps(res, indent=1)))     # written last: the run is finished
     if not keep_checkpoints:
         for d in (work / 'distil').glob('ckpt-*'): shutil.rmtree(d, ignore_errors=True)
-    atomic_write(done, lambda t: t.write_text(json.dumps(res, indent=1)))
     return res
 
-# %% ../nbs/13_convert.ipynb #a17bee18
-@torch.no_grad()
-def inference_speed(models:dict, prompt_len:int=512, new_tokens:int=32, batch_sizes=(1, 8), repeats:int=3, seed:int=0) -> dict:
-    "Prefill tokens/s (batch 1 × `prompt_len`) and KV-cache decode tokens/s at each batch size of each model, medians of interleaved rounds; parameter MB."
-    if not models: raise ValueError("give at least one model")
-    if prompt_len < 1 or new_tokens < 1 or repeats < 1: raise ValueError("prompt_len, new_tokens and repeats must be >= 1")
-    vocab = min(m.config.vocab_size for m in models.values())
-    g = torch.Generator().manual_seed(seed)
-    prompts = {b: torch.randint(0, vocab, (b, prompt_len), generator=g) for b in sorted({1, *batch_sizes})}
-    times = {n: {'prefill': [], **{f'decode_b{b}': [] for b in batch_sizes}} for n in models}
-    for m in models.values(): m.eval()
-    names = list(models)
+# %% ../nbs/13_convert.ipynb #f214352a
+def _time_rounds(models, names, prompts, batch_sizes, new_tokens, repeats, times):
     for r in range(repeats):
         for n in names[r % len(names):] + names[:r % len(names)]:          # rotate the order each round
             m = models[n]
@@ -582,6 +566,21 @@ def inference_speed(models:dict, prompt_len:int=512, new_tokens:int=32, batch_si
                     out = m(input_ids=tok, past_key_values=past, use_cache=True)
                     past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 times[n][f'decode_b{b}'].append(time.perf_counter() - t)
+
+@torch.no_grad()
+def inference_speed(models:dict, prompt_len:int=512, new_tokens:int=32, batch_sizes=(1, 8), repeats:int=3, seed:int=0) -> dict:
+    "Prefill tokens/s (batch 1 × `prompt_len`) and KV-cache decode tokens/s at each batch size of each model, medians of interleaved rounds; parameter MB."
+    if not models: raise ValueError("give at least one model")
+    if prompt_len < 1 or new_tokens < 1 or repeats < 1: raise ValueError("prompt_len, new_tokens and repeats must be >= 1")
+    vocab = min(m.config.vocab_size for m in models.values())
+    g = torch.Generator().manual_seed(seed)
+    prompts = {b: torch.randint(0, vocab, (b, prompt_len), generator=g) for b in sorted({1, *batch_sizes})}
+    times = {n: {'prefill': [], **{f'decode_b{b}': [] for b in batch_sizes}} for n in models}
+    for m in models.values(): m.eval()
+    names = list(models)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)       # the name of the cache argument changes across transformers 5.x
+        _time_rounds(models, names, prompts, batch_sizes, new_tokens, repeats, times)
     res = {}
     for n, m in models.items():
         med = {k: statistics.median(v) for k, v in times[n].items()}
