@@ -199,14 +199,14 @@ def _is_path(s:str) -> bool:
     "True for a string that cannot be a hub id ('org/name'): a local path."
     return s.startswith(('.', '/', '~')) or s.count('/') >= 2 or Path(s).suffix.lower() in SUFFIXES
 
-def check_data(source, tokenizer=None) -> None:
+def check_data(source, tokenizer=None, flag:str='--data') -> None:
     "Cheap checks of a local data source (every file it names) and of a local tokenizer folder; hub ids pass."
     if isinstance(source, (str, os.PathLike)):
         s = str(source); p = Path(s).expanduser()
         if os.path.lexists(p) and not (p.is_dir() or p.is_file()):
-            raise UsageError(f"--data {s} is not a regular file or a folder (a device, a pipe or a socket?)")
-        if not os.path.lexists(p) and _is_path(s) and not any(c in s for c in '*?['): raise UsageError(f"--data {s} does not exist")
-        for f in _data_files(s): check_data_file(f)
+            raise UsageError(f"{flag} {s} is not a regular file or a folder (a device, a pipe or a socket?)")
+        if not os.path.lexists(p) and _is_path(s) and not any(c in s for c in '*?['): raise UsageError(f"{flag} {s} does not exist")
+        for f in _data_files(s): check_data_file(f, flag)
     if isinstance(tokenizer, (str, os.PathLike)):
         s = str(tokenizer); t = Path(s).expanduser()
         if os.path.lexists(t) and not t.is_dir() and t.name != 'tokenizer.json':
@@ -505,7 +505,7 @@ def convert_cli(argv=None):
     if tok is None:
         if (Path(ns.src) / 'tokenizer.json').is_file(): tok = ns.src
         else: raise UsageError(f"--tokenizer is needed: {ns.src} holds no tokenizer.json")
-    check_data(ns.calib, tok)
+    check_data(ns.calib, tok, '--calib')
     if ns.eval_data is not None and not Path(ns.eval_data).is_dir(): raise UsageError(f"--eval-data {ns.eval_data} is not a folder")
     for f in ('distil_steps',): 
         if getattr(ns, f) < 0: raise UsageError(f"--distil-steps must be >= 0, got {ns.distil_steps}")
