@@ -507,8 +507,8 @@ def convert_cli(argv=None):
         else: raise UsageError(f"--tokenizer is needed: {ns.src} holds no tokenizer.json")
     check_data(ns.calib, tok, '--calib')
     if ns.eval_data is not None and not Path(ns.eval_data).is_dir(): raise UsageError(f"--eval-data {ns.eval_data} is not a folder")
-    for f in ('distil_steps',): 
-        if getattr(ns, f) < 0: raise UsageError(f"--distil-steps must be >= 0, got {ns.distil_steps}")
+    if ns.distil_steps < 0: raise UsageError(f"--distil-steps must be >= 0, got {ns.distil_steps}")
+    if ns.calib_tokens < 1024: raise UsageError(f"--calib-tokens must be >= 1024 (the fit estimates d×d input second moments), got {ns.calib_tokens}")
     check_device(ns.device)
     hybrid = ns.hybrid if ns.hybrid in PRESETS else csv_list(ns.hybrid, '--hybrid')
     layers = _int_range(ns.layers, '--layers') if ns.layers else None
@@ -521,7 +521,6 @@ def convert_cli(argv=None):
         tcfg = configs(p, TrainConfig, lr=ns.lr, min_lr=ns.lr / 10, warmup_steps=min(ns.warmup_steps, ns.distil_steps), max_steps=ns.distil_steps,
                        weight_decay=0.0, eval_interval=min(ns.eval_interval, ns.distil_steps), log_interval=max(1, min(10, ns.distil_steps)),
                        time_budget_s=ns.time_budget_s, seed=ns.seed, device=ns.device)
-    if ns.calib_tokens < 1024: raise UsageError(f"--calib-tokens must be >= 1024 (the fit estimates d×d input second moments), got {ns.calib_tokens}")
     ev = None
     if ns.eval_data is not None:
         from hdpl.data import load_tokenizer

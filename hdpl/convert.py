@@ -197,9 +197,6 @@ def permute_mlp_(block:nn.Module, perm:torch.Tensor):
         if lin.bias is not None: lin.bias.copy_(lin.bias[perm])
     mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, perm])
 
-def _hdplify_kwargs(s:HDPLSettings) -> dict:
-    return {('hybrid' if k == 'projections' else k): v for k, v in dataclasses.asdict(s).items()}
-
 # %% ../nbs/13_convert.ipynb #7d1c46dd
 def _train_block(block:nn.Module, runner:BlockRunner, hs:list, ys:list, ht:list, epochs:int, lr:float) -> dict:
     "Train every parameter of `block` so that it maps the converted model's inputs `hs` to the dense block's outputs `ys` (AdamW, cosine)."
@@ -266,7 +263,7 @@ def convert(model:nn.Module, settings:HDPLSettings, calib_ids:Optional[torch.Ten
             permute_mlp_(blocks[i], mlp_permutation(mlp.gate_proj.weight, mlp.up_proj.weight, K))
             info['permuted'].append(dict(layer=i, block_energy_before=before, block_energy_after=block_energy(gu(), K)))
     teacher = copy.deepcopy(model) if cs.stage != 'paper' else None
-    report = hdplify(model, **_hdplify_kwargs(settings))
+    report = hdplify(model, **settings.hdplify_kwargs())
     info['report'] = report.summary()
     if cs.stage == 'paper': model.train(was); info['seconds'] = time.perf_counter() - t0; return info
     seq, local = cs.stage in ('refined', 'local'), cs.stage == 'local'

@@ -76,6 +76,10 @@ class HDPLSettings:
         d['projections'] = list(self.projections); d['layers'] = None if self.layers is None else list(self.layers)
         return {f'hdpl_{k}': v for k, v in d.items()}
 
+    def hdplify_kwargs(self) -> dict:
+        "The keyword arguments of `hdplify` that these settings stand for."
+        return {('hybrid' if k == 'projections' else k): v for k, v in dataclasses.asdict(self).items()}
+
     @classmethod
     def from_config(cls, cfg) -> 'HDPLSettings':
         return cls(**{f.name: getattr(cfg, f'hdpl_{f.name}') for f in dataclasses.fields(cls)})
@@ -360,7 +364,7 @@ def train_pretrained(src, out_dir, tcfg:'TrainConfig', dcfg, settings:Optional[H
     lm = load_causal_lm(src)
     torch.manual_seed(tcfg.seed)                              # the same fresh HDPL layers every time
     if settings is not None and getattr(type(lm), '_hdpl_base', None) is None:
-        hdplify(lm, **{('hybrid' if k == 'projections' else k): v for k, v in dataclasses.asdict(settings).items()})
+        hdplify(lm, **settings.hdplify_kwargs())
     train_iter, val_batches, _ = make_data(dcfg, vocab_size=lm.config.vocab_size)
     info = dict(data=dataclasses.asdict(dcfg), init_from=str(src))
     Trainer(CausalLM(lm), tcfg, train_iter, val_batches, out_dir=out_dir, resume=resume, run_info=info).fit()

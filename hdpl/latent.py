@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from .functional import gaussian_kl
 from .layer import HybridDualPathLinear
 from .model import HDPLForCausalLM
-from .data import encode_documents
 from .hf import decoder_layers
 from .convert import lm_logits, domain_windows, mean_ce   # shared with the conversion (chapter 13)
 

@@ -5,11 +5,11 @@
   does nothing.
 - A killed run (SIGKILL after its first distillation checkpoint) started again with the same command ends with the same
   model, weight for weight, as a run that was never killed (a tiny random Llama, for speed)."""
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-import hdpl
+import hdpl                                   # registers the HDPL classes with AutoModelForCausalLM
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from hdpl.data import find_data_dir
 from hdpl.cli import convert_cli

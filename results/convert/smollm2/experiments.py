@@ -7,7 +7,7 @@
     python results/convert/smollm2/experiments.py speed      # inference speed and memory, dense vs converted, interleaved
 
 Each writes `<name>.json` beside this file (data from `find_data_dir()`, 2 threads). Run from the repository root."""
-import copy, dataclasses, json, math, os, statistics, sys, time
+import copy, json, os, statistics, sys, time
 from pathlib import Path
 import torch
 from hdpl.data import DataConfig, find_data_dir, load_tokenizer
