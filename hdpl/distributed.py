@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['RunSpec', 'read_spec', 'write_spec', 'RandomBatches', 'random_data', 'param_checksum', 'replica_checksums',
-           'train_replica', 'init_ddp', 'ddp_main', 'torchrun_command', 'launch_tpu', 'xla_metrics', 'SPMDDevice',
-           'train_spmd']
+           'train_replica', 'init_ddp', 'ddp_main', 'torchrun_command', 'ddp_cli', 'launch_tpu', 'xla_metrics',
+           'SPMDDevice', 'train_spmd']
 
 # %% ../nbs/06_distributed.ipynb #3b8f0be5
 import hashlib, json, os, sys
@@ -139,10 +139,21 @@ def torchrun_command(spec_path, nproc_per_node:Optional[int]=None, nnodes:int=1,
     return cmd + [f'--nproc_per_node={nproc_per_node}', '-m', 'hdpl.distributed', str(spec_path)]
 
 # %% ../nbs/06_distributed.ipynb #0f1b3f7a
+def ddp_cli(argv:list) -> int:
+    "The command line `torchrun ... -m hdpl.distributed RUN_SPEC.json`: train, then return the exit code (0, or 1 after printing the error)."
+    if len(argv) != 1: print("usage: torchrun [torchrun options] -m hdpl.distributed RUN_SPEC.json", file=sys.stderr); return 2
+    try: ddp_main(argv[0]); return 0
+    except Exception:
+        import traceback; traceback.print_exc(); return 1
+
+def _hard_exit(code:int):
+    "Flush, then leave without the interpreter's teardown: gloo's worker threads outlive `destroy_process_group`, and C++ destructors racing them at exit abort the process."
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
+# %% ../nbs/06_distributed.ipynb #5b1e0c3d
 #| eval: false
-if __name__ == '__main__':
-    if len(sys.argv) != 2: sys.exit("usage: torchrun [torchrun options] -m hdpl.distributed RUN_SPEC.json")
-    ddp_main(sys.argv[1])
+if __name__ == '__main__': _hard_exit(ddp_cli(sys.argv[1:]))
 
 # %% ../nbs/06_distributed.ipynb #8b028a5b
 def _xla_worker(index:int, spec:dict, data_fn:Optional[Callable]):
