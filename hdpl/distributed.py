@@ -140,7 +140,7 @@ def torchrun_command(spec_path, nproc_per_node:Optional[int]=None, nnodes:int=1,
 
 # %% ../nbs/06_distributed.ipynb #0f1b3f7a
 def ddp_cli(argv:list) -> int:
-    "The command line `torchrun ... -m hdpl.distributed RUN_SPEC.json`: train, then return the exit code (0, or 1 after printing the error)."
+    "The command line `torchrun ... -m hdpl.distributed RUN_SPEC.json`: train, then return the exit code: 0, 1 after printing the traceback, 2 for a wrong command line."
     if len(argv) != 1: print("usage: torchrun [torchrun options] -m hdpl.distributed RUN_SPEC.json", file=sys.stderr); return 2
     try: ddp_main(argv[0]); return 0
     except Exception:
