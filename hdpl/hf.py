@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['PROJECTION_PATHS', 'STANDALONE_MODULES', 'REMOTE_FILE', 'FAMILIES', 'HDPLLlamaConfig', 'HDPLLlamaForCausalLM',
            'decoder_layers', 'HDPLSettings', 'ProjectionReport', 'HDPLReport', 'HDPLCausalLMOutput',
-           'standalone_source', 'register_family', 'hdplify', 'llama_config', 'to_hf', 'from_hf', 'CausalLM',
-           'load_causal_lm', 'train_pretrained']
+           'standalone_source', 'model_source', 'register_family', 'hdplify', 'llama_config', 'to_hf', 'from_hf',
+           'CausalLM', 'load_causal_lm', 'train_pretrained', 'HDPLTrainer']
 
 # %% ../nbs/12_hf.ipynb #513f2f6a
-import dataclasses, importlib, inspect, re, statistics, time, warnings
+import dataclasses, functools, importlib, inspect, os, re, shutil, statistics, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,8 +35,9 @@ def decoder_layers(model:nn.Module) -> nn.ModuleList:
     "The `nn.ModuleList` of decoder blocks of a Llama-family model (blocks with `self_attn` and `mlp`)."
     for name, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and len(m) and all(hasattr(b, 'self_attn') and hasattr(b, 'mlp') for b in m): return m
-    raise ValueError(f"{type(model).__name__} has no decoder blocks with `self_attn` and `mlp` submodules: "
-                     "hdplify works on Llama-family models (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, HDPLForCausalLM)")
+    raise ValueError(f"{type(model).__name__} is not a Llama-family model: hdplify needs decoder blocks with `self_attn` "
+                     "(q_proj, k_proj, v_proj, o_proj) and `mlp` (gate_proj, up_proj, down_proj), as in LlamaForCausalLM, "
+                     "MistralForCausalLM, Qwen2ForCausalLM and hdpl's HDPLForCausalLM")
 
 # %% ../nbs/12_hf.ipynb #39c4b908
 @dataclass
@@ -62,6 +63,9 @@ class HDPLSettings:
         for k, v in (self.overrides or {}).items():
             if k not in self.projections: raise ValueError(f"override for {k!r}, which is not an HDPL projection here {self.projections}")
             if bad := set(v) - {'rank', 'groups'}: raise ValueError(f"override for {k!r} has unknown keys {sorted(bad)}; use 'rank' and 'groups'")
+        for where, d in [('', {'rank': self.rank, 'groups': self.groups})] + [(f" (override for {k!r})", v) for k, v in (self.overrides or {}).items()]:
+            for name, v in d.items():
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive integer{where}, got {v!r}")
         if self.layers is not None: self.layers = tuple(sorted({int(i) for i in self.layers}))
 
     def for_projection(self, name:str) -> dict:
@@ -113,11 +117,20 @@ class HDPLReport(list):
         return '\n'.join(lines)
 
 # %% ../nbs/12_hf.ipynb #cab9cadd
+def _spans(ix) -> str:
+    "Sorted integers as compact ranges: [0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."
+    ix, out = sorted(ix), []
+    for i in ix:
+        if out and i == out[-1][1] + 1: out[-1][1] = i
+        else: out.append([i, i])
+    return ', '.join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
 def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
     "Swap the projections `s` selects for fresh `HybridDualPathLinear` layers; checks every shape before changing anything."
     blocks = decoder_layers(model)
     idx = range(len(blocks)) if s.layers is None else s.layers
-    if bad := [i for i in idx if not 0 <= i < len(blocks)]: raise ValueError(f"layers {bad} out of range: the model has {len(blocks)} blocks")
+    if bad := [i for i in idx if not 0 <= i < len(blocks)]:
+        raise ValueError(f"layers {_spans(bad)} out of range: the model has {len(blocks)} blocks (0-{len(blocks) - 1})")
     plan, report = [], HDPLReport()
     for i in idx:
         for name in s.projections:
@@ -132,7 +145,9 @@ def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
             for n, v in (('in', d_in), ('out', d_out)):
                 if v % kw['groups']: raise ValueError(f"{where}: {n}_features={v} does not split into groups={kw['groups']}; "
                                                       f"choose groups dividing {d_in} and {d_out} (override it per projection)")
-            if kw['rank'] < 1: raise ValueError(f"{where}: rank must be >= 1, got {kw['rank']}")
+            if kw['rank'] > max(d_in, d_out):
+                raise ValueError(f"{where}: rank={kw['rank']} is wider than the projection ({d_in}→{d_out}); a rank above "
+                                 f"max(in, out) = {max(d_in, d_out)} only adds parameters (override it per projection)")
             plan.append((parent, attr, dense, kw))
             hp = hdpl_num_params(d_in, d_out, kw['rank'], kw['groups']) + (d_out if dense.bias is not None else 0)
             dp = dense.weight.numel() + (d_out if dense.bias is not None else 0)
@@ -171,12 +186,43 @@ def _config_twin(base:type) -> type:
     ns['hdpl_projections'] = dataclasses.field(default_factory=lambda: list(PRESETS['surgical']))
     return strict(type(f'HDPL{base.__name__}', (base,), ns))
 
+def _micro_share(self, args, kwargs, aux):
+    "`aux` × this micro-batch's share of the batch's label tokens when `num_items_in_batch` says CE is summed over a larger batch."
+    n = kwargs.get('num_items_in_batch')
+    if n is None: return aux
+    a = inspect.signature(self._hdpl_base.forward).bind_partial(self, *args, **kwargs).arguments
+    lab = a.get('shift_labels', kwargs.get('shift_labels'))
+    if lab is None and (lab := a.get('labels')) is not None: lab = lab[..., 1:]     # transformers' causal-LM shift
+    if lab is None: return aux
+    n = torch.as_tensor(n, device=aux.device).reshape(-1)[0].to(aux.dtype)
+    return aux * lab.ne(-100).sum().to(aux.device, aux.dtype) / n.clamp(min=1)
+
+def _kl_trains(model) -> bool:
+    "Whether some HDPL layer of `model` has a KL term whose encoder is being trained."
+    return any(isinstance(m, HybridDualPathLinear) and m.kl_mode != 'none' and m.encoder_weight.requires_grad for m in model.modules())
+
 def _forward_twin(self, *args, **kwargs):
     out = self._hdpl_base.forward(self, *args, **kwargs)
     aux = pop_aux_loss(self, device=out.logits.device)
     ce = out.loss
+    if self.training and torch.is_grad_enabled() and not aux.requires_grad and _kl_trains(self):
+        raise RuntimeError("the HDPL layers' KL term has no gradient in this training forward: it was computed outside the "
+                           "autograd graph, as reentrant activation checkpointing (use_reentrant=True) does; checkpoint with "
+                           "use_reentrant=False (transformers' default), or call this forward under torch.no_grad()")
+    if ce is not None and self.training: aux = _micro_share(self, args, kwargs, aux)
     loss = ce + aux if (ce is not None and self.training) else ce
     return HDPLCausalLMOutput(**{**out, 'loss': loss}, ce_loss=ce, aux_loss=aux)
+
+def _set_checkpointing_twin(self, enable=True, gradient_checkpointing_func=None, **kw):
+    "The base model's `_set_gradient_checkpointing`, refusing the reentrant variant (it drops the KL gradient)."
+    f = gradient_checkpointing_func
+    if enable and isinstance(f, functools.partial) and f.keywords.get('use_reentrant', True):   # torch's default is reentrant
+        raise ValueError("activation checkpointing with use_reentrant=True would drop the gradient of the HDPL layers' KL term "
+                         "(each layer computes it inside the checkpointed block, outside the graph the reentrant variant "
+                         "rebuilds); use use_reentrant=False, transformers' default: gradient_checkpointing_enable() or "
+                         "gradient_checkpointing_kwargs={'use_reentrant': False}")
+    if f is not None: kw['gradient_checkpointing_func'] = f
+    return self._hdpl_base._set_gradient_checkpointing(self, enable, **kw)
 
 STANDALONE_MODULES = ('functional', 'layer', 'params', 'model', 'hf')
 REMOTE_FILE = 'modeling_hdpl.py'
@@ -191,12 +237,35 @@ def standalone_source() -> str:
         parts.append(f'# {"-" * 30} hdpl.{name}\n' + re.sub(r'^from \.\w* import [^\n]*\n', '', src, flags=re.M))
     return '\n'.join(parts)
 
+def model_source() -> str:
+    "The code of the HDPL classes in use as one file: hdpl's modules, or, in a model loaded with `trust_remote_code`, its own file."
+    own = globals().get('__file__')                         # hdpl.hf itself, or a modeling_hdpl.py
+    return standalone_source() if __name__ in ('hdpl.hf', '__main__') or not own else Path(own).read_text()
+
+_WEIGHT_FILE = re.compile(r'^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$')
+_HUB_KEYS = ('repo_id', 'commit_message', 'private', 'create_pr', 'revision', 'commit_description', 'tags')
+
 def _save_twin(self, save_directory, *args, **kwargs):
-    "`save_pretrained`, plus `modeling_hdpl.py` and the config's `auto_map`, so the directory also loads without hdpl."
+    "`save_pretrained` + `modeling_hdpl.py` and the config's `auto_map`, written beside `save_directory` and then moved in."
+    target = Path(save_directory)
+    if target.is_file(): raise FileExistsError(f"save_pretrained: {target} is a file, not a folder")
+    push = kwargs.pop('push_to_hub', False)
+    hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+    source = model_source()
     self.config.auto_map = {'AutoConfig': f'{REMOTE_FILE[:-3]}.{type(self.config).__name__}',
                             'AutoModelForCausalLM': f'{REMOTE_FILE[:-3]}.{type(self).__name__}'}
-    out = self._hdpl_base.save_pretrained(self, save_directory, *args, **kwargs)
-    (Path(save_directory) / REMOTE_FILE).write_text(standalone_source())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.saving-', dir=target.parent))
+    try:
+        out = self._hdpl_base.save_pretrained(self, tmp, *args, **kwargs)
+        (tmp / REMOTE_FILE).write_text(source)
+        target.mkdir(exist_ok=True)
+        new = {f.name for f in tmp.iterdir()}
+        for f in target.iterdir():                              # weights of an earlier save that the new ones replace
+            if f.name not in new and _WEIGHT_FILE.match(f.name): f.unlink()
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == 'config.json'): os.replace(f, target / f.name)   # config last
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    if push: self.push_to_hub(hub.pop('repo_id', target.name), token=kwargs.get('token'), **hub)
     return out
 
 def _model_twin(base:type, config_class:type) -> type:
@@ -213,6 +282,7 @@ def _model_twin(base:type, config_class:type) -> type:
     forward.__doc__ = "As the base model's `forward`; in training the returned `loss` is CE + Σ aux (`ce_loss`, `aux_loss` apart)."
     return type(f'HDPL{base.__name__}', (base,), dict(config_class=config_class, _hdpl_base=base, __module__=__name__,
                 __init__=__init__, _init_weights=_init_weights, forward=forward, save_pretrained=_save_twin,
+                _set_gradient_checkpointing=_set_checkpointing_twin,
                 __doc__=f"`{base.__name__}` whose selected projections are `HybridDualPathLinear` layers (config: `{config_class.__name__}`)"))
 
 FAMILIES = {}   # transformers model_type -> (base model class, HDPL config class, HDPL model class)
@@ -258,8 +328,9 @@ def hdplify(model:nn.Module, hybrid='surgical', rank:int=128, groups:int=8, over
         base = type(model)
         if getattr(base, '_hdpl_base', None) is not None:
             raise ValueError(f"{base.__name__} is already an HDPL model; hdplify the dense model it came from")
-        if not isinstance(model, GenerationMixin) or not base.__name__.endswith('ForCausalLM'):
-            raise ValueError(f"hdplify takes a causal LM (…ForCausalLM), got {base.__name__}")
+        if not isinstance(model, GenerationMixin): raise ValueError(f"hdplify takes a causal LM (…ForCausalLM), got {base.__name__}")
+        decoder_layers(model)                                            # a causal LM, but is it Llama-family?
+        if not base.__name__.endswith('ForCausalLM'): raise ValueError(f"hdplify takes a causal LM (…ForCausalLM), got {base.__name__}")
         _, cfg_cls, model_cls = register_family(base)
         report = _replace_projections(model, s)
         model.config.__class__ = cfg_cls                                  # the same object: every submodule sees it
@@ -323,6 +394,39 @@ def from_hf(hf_model) -> HDPLForCausalLM:
     model = HDPLForCausalLM(cfg).to(device=p.device, dtype=p.dtype)
     model.load_state_dict({k: v for k, v in hf_model.state_dict().items() if not k.endswith('rotary_emb.inv_freq')}, strict=True)
     return model.train(hf_model.training)
+
+# %% ../nbs/12_hf.ipynb #4dd20d85
+def _make_trainer() -> type:
+    from transformers import Trainer as HFTrainer
+
+    class HDPLTrainer(HFTrainer):
+        "transformers' `Trainer`, logging `ce_loss` and `aux_loss` beside every training `loss` (`ce_loss` compares with `eval_loss`)."
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, out = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            ce, total = (out.get('ce_loss'), out.get('loss')) if hasattr(out, 'get') else (None, None)
+            if model.training and ce is not None and total is not None:
+                s = self.__dict__.setdefault('_hdpl_sums', [0.0, 0.0])    # CE and total of the micro-batches since the last log
+                s[0], s[1] = s[0] + ce.detach().float(), s[1] + total.detach().float()
+            return (loss, out) if return_outputs else loss
+
+        def log(self, logs:dict, *args, **kwargs):
+            s = self.__dict__.pop('_hdpl_sums', None)
+            if s is not None and 'loss' in logs and float(s[1]) != 0:
+                logs['ce_loss'] = round(logs['loss'] * float(s[0] / s[1]), 4)        # the logged loss, split in the ratio measured
+                logs['aux_loss'] = round(logs['loss'] - logs['ce_loss'], 6)
+            return super().log(logs, *args, **kwargs)
+
+    HDPLTrainer.__qualname__, HDPLTrainer.__module__ = 'HDPLTrainer', __name__
+    return HDPLTrainer
+
+def __getattr__(name):
+    "`HDPLTrainer` is made on first use: importing transformers' `Trainer` takes time that `import hdpl.hf` need not pay."
+    if name == 'HDPLTrainer':
+        globals()['HDPLTrainer'] = cls = _make_trainer()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+_all_ = ['HDPLTrainer']
 
 # %% ../nbs/12_hf.ipynb #ce584fd9
 class CausalLM(nn.Module):
