@@ -49,8 +49,10 @@ class LatentEdit:
     value: Any
     dims: Optional[torch.Tensor] = None
 
-def _as_vector(v, n:int, what:str, scalar_ok:bool=True):
+def _as_vector(v, n:int, what:str, scalar_ok:bool=True, inf_ok:bool=False):
     t = torch.as_tensor(v, dtype=torch.float32) if not isinstance(v, torch.Tensor) else v.detach()
+    if t.is_floating_point() and (t.isnan().any() or (not inf_ok and t.isinf().any())):   # attention would hide NaNs in q/k: refuse them
+        raise ValueError(f"{what}: values must be finite{' (or ±inf bounds)' if inf_ok else ''}, got {'NaN' if t.isnan().any() else 'inf'}")
     if t.dim() == 0 and scalar_ok: return t
     if t.shape != (n,): raise ValueError(f"{what}: expected {'a number or ' if scalar_ok else ''}a vector of shape ({n},), got shape {tuple(t.shape)}")
     return t
@@ -73,7 +75,7 @@ def parse_edit(name:str, layer:HybridDualPathLinear, e) -> LatentEdit:
     elif kind in ('scale', 'set'): v = _as_vector(v, n, what)
     elif kind == 'clamp':
         if not (isinstance(v, (tuple, list)) and len(v) == 2): raise ValueError(f"{what}: expected (min, max), either may be None, got {v!r}")
-        v = tuple(None if b is None else _as_vector(b, n, what) for b in v)
+        v = tuple(None if b is None else _as_vector(b, n, what, inf_ok=True) for b in v)
     elif not callable(v): v = _as_vector(v, R, what, scalar_ok=False)
     return LatentEdit(kind, v, dims)
 
