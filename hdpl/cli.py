@@ -482,6 +482,11 @@ def _overrides(s:Optional[str]) -> Optional[dict]:
 def check_source_model(src:str) -> None:
     "A model source that does not exist, or a checkpoint folder of a model family hdpl_convert does not convert: a `UsageError`."
     p = Path(src).expanduser()
+    if not p.exists() and not (src.endswith('.gguf') or _is_path(src)):
+        org = src.split('/')[0]
+        if '/' not in src: raise UsageError(f"{src} not found: no such folder or file here (a hub model is named org/name)")
+        if Path(org).expanduser().is_dir(): raise UsageError(f"{src} does not exist")       # a path into a local folder
+        return                                                                              # a hub id
     if src.endswith('.gguf') or _is_path(src) or p.exists():
         if not p.exists(): raise UsageError(f"{src} does not exist")
         if p.is_file() and p.suffix != '.gguf': raise UsageError(f"{src} is a file but not a .gguf file: give a checkpoint folder, a hub name or a .gguf file")
@@ -499,11 +504,14 @@ def convert_cli(argv=None):
     p = convert_parser(); ns = p.parse_args(argv)
     from hdpl.hf import HDPLSettings
     from hdpl.convert import ConvertSettings, convert_pretrained, held_out_windows
+    from hdpl.convert import check_convert_out
     check_source_model(ns.src)
     out = check_out_dir(ns.out, 'OUT')
+    try: check_convert_out(ns.src, out)
+    except ValueError as e: raise UsageError(str(e)) from None
     tok = ns.tokenizer
     if tok is None:
-        if (Path(ns.src) / 'tokenizer.json').is_file(): tok = ns.src
+        if (Path(ns.src) / 'tokenizer.json').is_file() or not Path(ns.src).expanduser().exists(): tok = ns.src   # a local folder's, or a hub model's
         else: raise UsageError(f"--tokenizer is needed: {ns.src} holds no tokenizer.json")
     check_data(ns.calib, tok, '--calib')
     if ns.eval_data is not None and not Path(ns.eval_data).is_dir(): raise UsageError(f"--eval-data {ns.eval_data} is not a folder")
@@ -521,6 +529,9 @@ def convert_cli(argv=None):
         tcfg = configs(p, TrainConfig, lr=ns.lr, min_lr=ns.lr / 10, warmup_steps=min(ns.warmup_steps, ns.distil_steps), max_steps=ns.distil_steps,
                        weight_decay=0.0, eval_interval=min(ns.eval_interval, ns.distil_steps), log_interval=max(1, min(10, ns.distil_steps)),
                        time_budget_s=ns.time_budget_s, seed=ns.seed, device=ns.device)
+    from hdpl.hf import check_hdplify
+    try: check_hdplify(ns.src, settings)                   # shapes only, on the meta device: before any weight is read
+    except ValueError as e: raise UsageError(f"{ns.src}: {e}") from None
     ev = None
     if ns.eval_data is not None:
         from hdpl.data import load_tokenizer

@@ -7,7 +7,7 @@ __all__ = ['INPUT_GROUPS', 'STAGES', 'MIN_CALIB_TOKENS', 'HELD_OUT', 'TRAINABLE'
            'silu_slope', 'init_from_dense', 'BlockRunner', 'ConvertSettings', 'mlp_permutation', 'permute_mlp_',
            'check_calibration', 'dequantized', 'convert', 'lm_logits', 'domain_windows', 'mean_ce', 'calibration_ids',
            'held_out_texts', 'held_out_windows', 'evaluate_domains', 'path_balance', 'kl_stats', 'Distiller',
-           'set_trainable', 'convert_pretrained', 'inference_speed']
+           'set_trainable', 'check_convert_out', 'convert_pretrained', 'inference_speed']
 
 # %% ../nbs/13_convert.ipynb #c73591fa
 import copy, dataclasses, json, math, os, shutil, statistics, time, warnings
@@ -480,7 +480,30 @@ def _load_hdpl(path) -> nn.Module:
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
-def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Optional[ConvertSettings]=None,
+def check_convert_out(src, out) -> Path:
+    "`out` as the output folder of converting `src`, or a `ValueError` where writing there could destroy a model: `out` is, is inside or holds `src`, or is a non-empty folder that holds no conversion."
+    out = Path(out).expanduser()
+    s = Path(str(src)).expanduser()
+    if s.exists():
+        rs, ro = s.resolve(), out.resolve()
+        if ro == rs: raise ValueError(f"OUT {out} is the source model {src}: choose another output folder (the source is never written)")
+        if rs in ro.parents: raise ValueError(f"OUT {out} is inside the source model {src}: choose a folder outside it")
+        if ro in rs.parents: raise ValueError(f"OUT {out} holds the source model {src}: choose another output folder")
+    if out.exists():
+        if not out.is_dir(): raise ValueError(f"OUT {out} is not a folder")
+        if any(out.iterdir()) and not ((out / 'convert-work').is_dir() or (out / 'convert.json').is_file()):
+            raise ValueError(f"OUT {out} is a folder with files in it and no conversion: choose a new or empty folder "
+                             "(hdpl_convert only continues its own runs there)")
+    return out
+
+def _undo_failed_start(created:list, work:Path) -> None:
+    "After a failed run: remove the folders it created, unless they hold work worth resuming (anything beyond spec.json)."
+    if work in created and work.is_dir() and not [f for f in work.iterdir() if f.name != 'spec.json' and not f.name.startswith('.converted.tmp-')]:
+        shutil.rmtree(work, ignore_errors=True)
+    for d in created:
+        if d != work and d.is_dir() and not any(d.iterdir()): d.rmdir()
+
+def _convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Optional[ConvertSettings]=None,
                        data:Optional[DataConfig]=None,     # calibration and distillation text, and the tokenizer
                        calib_tokens:int=8192,              # calibration tokens (windows of data.seq_len)
                        tcfg:Optional[TrainConfig]=None,    # distillation; max_steps=0 or None: no distillation
@@ -488,7 +511,6 @@ def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Option
                        eval_windows:Optional[dict]=None,   # {name: (n, seq_len + 1) ids}: CE of the dense and the converted model in convert.json
                        stop_at:Optional[int]=None,         # stop distillation at this step (a checkpoint is written): for tests
                        keep_checkpoints:bool=False, progress:bool=True) -> dict:
-    "Convert the dense causal LM `src` to HDPL, distil it against `src`, and save it in `out`; resumable. Returns what `convert.json` holds."
     t0 = time.perf_counter()
     settings = settings or HDPLSettings(kl_mode='none')
     cs, data = cs or ConvertSettings(), data or DataConfig()
@@ -548,6 +570,23 @@ def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Option
     if not keep_checkpoints:
         for d in (work / 'distil').glob('ckpt-*'): shutil.rmtree(d, ignore_errors=True)
     return res
+
+def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Optional[ConvertSettings]=None,
+                       data:Optional[DataConfig]=None,     # calibration and distillation text, and the tokenizer
+                       calib_tokens:int=8192,              # calibration tokens (windows of data.seq_len)
+                       tcfg:Optional[TrainConfig]=None,    # distillation; max_steps=0 or None: no distillation
+                       kd:float=0.9, temperature:float=1.0, trainable:str='blocks',
+                       eval_windows:Optional[dict]=None,   # {name: (n, seq_len + 1) ids}: CE of the dense and the converted model in convert.json
+                       stop_at:Optional[int]=None,         # stop distillation at this step (a checkpoint is written): for tests
+                       keep_checkpoints:bool=False, progress:bool=True) -> dict:
+    "Convert the dense causal LM `src` to HDPL, distil it against `src`, and save it in `out`; resumable. Returns what `convert.json` holds."
+    out = check_convert_out(src, out)
+    created = [d for d in (out, *out.parents, out / 'convert-work') if not d.exists()]
+    try: return _convert_pretrained(src, out, settings, cs, data, calib_tokens, tcfg, kd, temperature, trainable, eval_windows,
+                                    stop_at, keep_checkpoints, progress)
+    except BaseException:
+        _undo_failed_start(created, out / 'convert-work')
+        raise
 
 # %% ../nbs/13_convert.ipynb #f214352a
 def _time_rounds(models, names, prompts, batch_sizes, new_tokens, repeats, times):

@@ -6,10 +6,10 @@
 __all__ = ['PROJECTION_PATHS', 'STANDALONE_MODULES', 'REMOTE_FILE', 'FAMILIES', 'HDPLLlamaConfig', 'HDPLLlamaForCausalLM',
            'decoder_layers', 'HDPLSettings', 'ProjectionReport', 'HDPLReport', 'HDPLCausalLMOutput',
            'standalone_source', 'model_source', 'register_family', 'hdplify', 'llama_config', 'to_hf', 'from_hf',
-           'CausalLM', 'load_causal_lm', 'train_pretrained', 'HDPLTrainer']
+           'CausalLM', 'load_causal_lm', 'load_config', 'check_hdplify', 'train_pretrained', 'HDPLTrainer']
 
 # %% ../nbs/12_hf.ipynb #513f2f6a
-import dataclasses, functools, importlib, inspect, os, re, shutil, statistics, tempfile, time, warnings
+import contextlib, copy, dataclasses, functools, importlib, inspect, os, re, shutil, statistics, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .functional import LN2, hdpl_num_params
 from .layer import HybridDualPathLinear, pop_aux_loss
@@ -449,17 +449,57 @@ class CausalLM(nn.Module):
         if state_dict is not None: state_dict = {k[len('lm.'):]: v for k, v in state_dict.items()}
         return self.lm.save_pretrained(directory, state_dict=state_dict, **kw)
 
-def load_causal_lm(src, dtype=torch.float32, **kw) -> PreTrainedModel:
-    "A transformers causal LM from a checkpoint directory, a hub name, or a `.gguf` file (dequantised to `dtype`)."
+def _source(src) -> tuple:
+    "(folder or hub name, extra `from_pretrained` keywords) of a checkpoint directory, a hub name or a `.gguf` file."
     p = Path(src)
     if p.suffix == '.gguf':
         if not p.is_file(): raise FileNotFoundError(f"GGUF file {p} does not exist")
-        return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype, **kw)
+        return str(p.parent), dict(gguf_file=p.name)
     if p.is_dir() and not (p / 'config.json').exists():
         gg = sorted(p.glob('*.gguf'))
-        if len(gg) == 1: return AutoModelForCausalLM.from_pretrained(str(p), gguf_file=gg[0].name, dtype=dtype, **kw)
+        if len(gg) == 1: return str(p), dict(gguf_file=gg[0].name)
         raise FileNotFoundError(f"{p} holds no config.json" + (f" and {len(gg)} .gguf files: name one" if gg else " (not a transformers checkpoint)"))
-    return AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, **kw)
+    return str(src), {}
+
+def _check_weight_files(folder) -> None:
+    "An `OSError` naming the first `.safetensors` file in `folder` whose header does not match its size (truncated, damaged)."
+    from safetensors import safe_open
+    for f in sorted(Path(folder).glob('*.safetensors')):
+        try:
+            with safe_open(str(f), 'pt'): pass                    # reads the header and checks it against the file's size
+        except Exception as e: raise OSError(f"{f} is damaged or truncated ({' '.join(str(e).split())})") from None
+
+@contextlib.contextmanager
+def _reading(where:str, extra:dict):
+    "Errors while transformers reads a GGUF file that the GGUF reader cannot read either: an `OSError` that names the file."
+    try: yield
+    except Exception as e:
+        if 'gguf_file' not in extra: raise
+        f = Path(where) / extra['gguf_file']
+        try:
+            from gguf import GGUFReader
+            GGUFReader(str(f))
+        except ImportError: raise e
+        except Exception as bad: raise OSError(f"{f} is damaged or truncated ({' '.join(str(bad).split())})") from e
+        raise
+
+def load_causal_lm(src, dtype=torch.float32, **kw) -> PreTrainedModel:
+    "A transformers causal LM from a checkpoint directory, a hub name, or a `.gguf` file (dequantised to `dtype`)."
+    where, extra = _source(src)
+    if 'gguf_file' not in extra and Path(where).is_dir(): _check_weight_files(where)
+    with _reading(where, extra): return AutoModelForCausalLM.from_pretrained(where, **extra, dtype=dtype, **kw)
+
+def load_config(src, **kw) -> PretrainedConfig:
+    "The config of a checkpoint directory, a hub name or a `.gguf` file, without loading its weights."
+    where, extra = _source(src)
+    with _reading(where, extra): return AutoConfig.from_pretrained(where, **extra, **kw)
+
+# %% ../nbs/12_hf.ipynb #51e67c42
+def check_hdplify(src, settings:HDPLSettings) -> HDPLReport:
+    "What `hdplify(model, **settings.hdplify_kwargs())` would replace in the model `src` (a source or a config) names, or its `ValueError`; on the meta device, no weights read."
+    cfg = copy.deepcopy(src if isinstance(src, PretrainedConfig) else load_config(src))
+    with torch.device('meta'):
+        return hdplify(AutoModelForCausalLM.from_config(cfg), **settings.hdplify_kwargs())
 
 # %% ../nbs/12_hf.ipynb #b8b9f199
 def train_pretrained(src, out_dir, tcfg:'TrainConfig', dcfg, settings:Optional[HDPLSettings]=None, resume:bool=True) -> dict:

@@ -210,3 +210,56 @@ def test_console_script(name, argv, code, names, files, tmp_path):
                        env={**os.environ, 'PYTHONWARNINGS': 'ignore', 'HDPL_TRACEBACK': ''})
     check(r.returncode, r.stderr, code, *names)
     assert not os.listdir(tmp_path)
+
+# hdpl_convert: a source that is missing or damaged, an OUT that would overwrite a model, placements that cannot work.
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    d = find_data_dir()
+    if d is None: pytest.skip("no shared/data (set HDPL_DATA)")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    m = tmp_path_factory.mktemp('models')
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=49_152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=128)).save_pretrained(m / 'tiny')
+    shutil.copytree(m / 'tiny', m / 'cut'); w = m / 'cut' / 'model.safetensors'; w.write_bytes(w.read_bytes()[:w.stat().st_size // 2])
+    gguf = d / 'smollm2-135m-instruct' / 'SmolLM2-135M-Instruct.Q4_1.gguf'
+    with open(gguf, 'rb') as f: (m / 'cut.gguf').write_bytes(f.read(3_000_000))
+    (m / 'theirs').mkdir(); (m / 'theirs' / 'config.json').write_text('{"model_type": "llama"}')
+    return dict(dir=m, gguf=gguf, tok=d / 'smollm2-tokenizer', calib=d / 'fineweb-edu-sample-10BT' / 'head-1M-chars.txt')
+
+def _tree(d: Path) -> dict:
+    return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob('*')) if f.is_file()}
+
+CONVERT = [   # (id, SRC, OUT, extra flags, exit status, strings the line must contain); paths relative to the models folder
+    ('missing-name', 'nosuchmodel', 'o', [], 2, ['nosuchmodel not found']),
+    ('missing-path', 'models-here/nope/model', 'o', [], 2, ['does not exist']),
+    ('out-is-src', 'tiny', 'tiny', [], 2, ['is the source model']),
+    ('out-inside-src', 'tiny', 'tiny/hdpl', [], 2, ['is inside the source model']),
+    ('out-holds-src', 'tiny', '.', [], 2, ['holds the source model']),
+    ('out-is-another-model', 'tiny', 'theirs', [], 2, ['theirs', 'no conversion']),
+    ('groups-0', 'tiny', 'o', ['--groups', '0'], 2, ['--groups must be a positive integer']),
+    ('rank-too-wide', 'GGUF', 'o', ['--rank', '100000'], 2, ['rank=100000 is wider than the projection (576→576)']),
+    ('layers-out-of-range', 'GGUF', 'o', ['--layers', '5-99'], 2, ['layers 30-99 out of range']),
+    ('truncated-gguf', 'cut.gguf', 'o', [], 1, ['cut.gguf is damaged or truncated']),
+    ('truncated-safetensors', 'cut', 'o', [], 1, ['cut/model.safetensors is damaged or truncated']),
+    ('calib-too-small', 'tiny', 'o', ['--calib-tokens', str(10 ** 8)], 1, ['calibration data too small']),
+]
+
+@pytest.mark.parametrize('name,src,out,extra,code,names', CONVERT, ids=[c[0] for c in CONVERT])
+def test_convert_user_error(name, src, out, extra, code, names, models, capsys, monkeypatch):
+    import time
+    from hdpl.cli import convert_cli
+    m = models['dir']; monkeypatch.chdir(m)
+    before = _tree(m)
+    s = str(models['gguf']) if src == 'GGUF' else (src if src in ('nosuchmodel',) or src.startswith('models-here') else str(m / src))
+    argv = [s, str(m / out), '--tokenizer', models['tok'], '--calib', models['calib'], '--seq-len', '64', '--device', 'cpu',
+            '--rank', '8', '--groups', '4', *extra]   # flags given later win
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()                 # transformers' "Loading weights" bar on stderr is not the error line
+    t = time.perf_counter()
+    try: c, err = outcome(capsys, convert_cli, *argv)
+    finally: hf_logging.enable_progress_bar()
+    check(c, err, code, *names)
+    assert time.perf_counter() - t < 30, f"{name}: {time.perf_counter() - t:.0f} s (a check before loading the model should take seconds)"
+    assert _tree(m) == before, f"{name} changed the models folder"       # nothing written, nothing removed, the source intact
+    assert not (m / 'o').exists()
