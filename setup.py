@@ -35,7 +35,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None, None))
 if lic[2] and Version(setuptools.__version__) >= Version('77'):
     lic_kw, lic_cls = dict(license_expression=lic[2], license_files=['LICENSE']), []
 else: lic_kw, lic_cls = dict(license=lic[0]), (['License :: ' + lic[1]] if lic[1] else [])
-extras = {'dev': _reqs('dev_requirements'), 'tpu': _reqs('tpu_requirements')}
+extras = {'dev': _reqs('dev_requirements'), 'tpu': _reqs('tpu_requirements'), 'peft': _reqs('peft_requirements')}
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)

@@ -1,6 +1,6 @@
 """The package's internal imports run one way, bottom to top (chapter 16):
 
-functional → layer → params → model → data → train → diagnostics → distributed → bench → compare → sweep → hf → convert → latent → cli
+functional → layer → params → model → data → train → diagnostics → distributed → bench → compare → sweep → hf → convert → latent → cli → peft
 
 Every `hdpl/*.py` is parsed (not imported) and every import in it is collected, at module level and inside functions
 alike. The test fails if a module imports one at its own level or above, if the imports form a cycle, or if a module
@@ -11,7 +11,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / 'hdpl'
 ORDER = ('functional', 'layer', 'params', 'model', 'data', 'train', 'diagnostics', 'distributed', 'bench', 'compare',
-         'sweep', 'hf', 'convert', 'latent', 'cli')
+         'sweep', 'hf', 'convert', 'latent', 'cli', 'peft')
 NOT_LAYERED = {'__init__', '_modidx'}     # the package's header (runs before any module: it may import any of them) and nbdev's index
 
 def imports_of(path: Path) -> dict:

@@ -180,3 +180,20 @@ def test_failed_save_changes_nothing(tmp_path):
     assert 'model.safetensors' not in names and 'model.safetensors.index.json' in names
     r = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'a')
     assert torch.equal(next(r.parameters()), next(m.parameters()))
+
+@pytest.mark.filterwarnings('ignore:.*is_gradient_checkpointing')
+def test_lora_in_the_trainer(tmp_path):
+    "LoRA on every projection (hdpl.peft) trained by HDPLTrainer: accumulation equals one big batch; checkpoints hold the adapter."
+    pytest.importorskip('peft')
+    from hdpl.peft import get_peft_model
+    kw = dict(kl_bound=1e4, noise=False)
+    lora = lambda: get_peft_model(tiny(**kw), r=4, lora_alpha=8)
+    t4, g4 = fit(lora(), args(tmp_path / 'a'))
+    t22, g22 = fit(lora(), args(tmp_path / 'b', per_device_train_batch_size=2, gradient_accumulation_steps=2, save_strategy='steps',
+                                save_steps=1))
+    assert set(g4) == set(g22) and all('lora_' in n for n in g4) and any('q_proj.lora_A' in n for n in g4)   # adapters alone
+    assert max((g4[n] - g22[n]).abs().max().item() for n in g4) < 1e-6
+    l4, l22 = t4.state.log_history[0], t22.state.log_history[0]
+    assert abs(l4['loss'] - l22['loss']) < 1e-5 and l4['aux_loss'] > 0 and abs(l4['ce_loss'] - l22['ce_loss']) < 1e-4
+    ck = tmp_path / 'b' / 'checkpoint-1'
+    assert (ck / 'adapter_model.safetensors').exists() and not (ck / 'model.safetensors').exists()
