@@ -26,6 +26,7 @@ from .params import HDPLConfig, PROJECTIONS, PRESETS, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
 from .data import make_data
 from .train import Trainer, TrainConfig, read_metrics
+from .bench import fuse_for_inference, unfuse_for_inference   # chapter 09; here too, beside the other HF-model tools
 
 # %% ../nbs/12_hf.ipynb #dce209a5
 PROJECTION_PATHS = {'q': 'self_attn.q_proj', 'k': 'self_attn.k_proj', 'v': 'self_attn.v_proj', 'o': 'self_attn.o_proj',

@@ -248,6 +248,12 @@ def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
     if self.paths not in PATHS: raise ValueError(f"paths must be one of {PATHS}, got {self.paths!r}")
     if not 0 <= self.block_drop < 1: raise ValueError(f"block_drop must be in [0, 1), got {self.block_drop!r}")
+    group = self.__dict__.get('inference_group')         # set by hdpl.bench.fuse_for_inference (chapter 09)
+    if group is not None and not self.training:
+        out = group(self, x)                              # None where the fused form does not apply
+        if out is not None:
+            self.aux_loss = None
+            return out
     out, aux = _FORWARDS[self.impl](self, x)
     if self.bias is not None: out = out + self.bias
     if aux is None: aux = torch.zeros((), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
