@@ -3,10 +3,9 @@ heads, surgical R 8 with k/v at R 4, K 4): the fused model computes the unfused 
 on left-padded batches, in bf16, under `torch.compile` and with latent edits; `save_pretrained` of a fused model writes
 the standard layout; training and gradients are untouched."""
 import warnings
-import pytest
 import torch
 import transformers
-from hdpl.bench import fuse_for_inference, unfuse_for_inference, fused_groups, FusedGroup
+from hdpl.bench import fuse_for_inference, unfuse_for_inference, fused_groups
 from hdpl.hf import hdplify
 from hdpl.latent import steer
 

@@ -10,7 +10,7 @@ from hdpl.model import HDPLForCausalLM
 from hdpl.params import HDPLConfig
 
 peft = pytest.importorskip('peft')      # a dev requirement: present in CI
-from hdpl.peft import get_peft_model, load_lora, lora_config, lora_targets, register, MERGE_REFUSED
+from hdpl.peft import get_peft_model, lora_config, lora_targets, register, MERGE_REFUSED
 
 pytestmark = pytest.mark.filterwarnings('ignore:.*is_gradient_checkpointing')
 PROJ = ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
