@@ -271,7 +271,7 @@ def _run_configs(p:Parser, ns, model:str) -> tuple:
     check_train(tcfg); check_data(dcfg.source, dcfg.tokenizer)
     return mcfg, tcfg, dcfg
 
-_LAYER_FIELDS = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise', 'hybrid')
+_LAYER_FIELDS = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise', 'hybrid', 'structure', 'match')
 
 def _train_pretrained(p:Parser, ns) -> dict:
     "`hdpl_train --init-from SRC`: the checks, then `hdpl.hf.train_pretrained`."
@@ -286,7 +286,8 @@ def _train_pretrained(p:Parser, ns) -> dict:
         if tcfg.precision != 'fp32': raise UsageError("transformers' Llama does not run under bf16 autocast on XLA: use --precision fp32 (chapter 12)")
     out = check_run_dir(check_out_dir(ns.out_dir or f"runs/{ns.preset}-init-{ns.model}"), resume=not ns.no_resume)
     c = mcfg
-    settings = HDPLSettings(c.hybrid, c.rank, c.groups, None, None, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise) if c.hybrid else None
+    settings = HDPLSettings(c.hybrid, c.rank, c.groups, None, None, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise,
+                            c.structure, c.match) if c.hybrid else None
     return train_pretrained(src, out, tcfg, dcfg, settings, resume=not ns.no_resume)
 
 @command('hdpl_train')
@@ -365,7 +366,7 @@ def diagnose_cli(argv=None):
     return d if argv is not None else None
 
 # %% ../nbs/16_cli.ipynb #bdc01325
-_VARIANT_FIELDS = ('hybrid', 'kl_mode', 'noise', 'path_dropout', 'path_dropout_steps')
+_VARIANT_FIELDS = ('hybrid', 'kl_mode', 'noise', 'path_dropout', 'path_dropout_steps', 'structure', 'match')
 
 def sweep_parser() -> Parser:
     p = Parser('hdpl_sweep',
@@ -426,6 +427,10 @@ def convert_parser() -> Parser:
     g.add_argument('--groups', type=int, default=8, help='K of every HDPL layer')
     g.add_argument('--override', default=None, metavar='P:rank=R,...', help="per-projection settings, e.g. 'k:rank=48,v:rank=48,gate:groups=4'")
     g.add_argument('--layers', default=None, help="blocks to convert: '20-29' or '0,1,5' (default: all)")
+    g.add_argument('--structure', default='hdpl', choices=('hdpl', 'lowrank'),
+                   help="'lowrank': low-rank pairs (whitened truncated SVD) instead of HDPL layers, the equal-parameter control")
+    g.add_argument('--match', default='training', choices=('training', 'inference', 'none'),
+                   help="--structure lowrank: each pair's rank matches the HDPL layer of --rank/--groups by this parameter count; 'none': --rank is the pair's rank")
     g.add_argument('--kl-mode', default='none', choices=('paper', 'free_bits', 'none'),
                    help="the HDPL KL term during distillation; at conversion each token's KL is far above ln 2, so 'paper' passes no gradient")
     g.add_argument('--beta', type=float, default=1e-3, help='weight of the KL term')
@@ -520,7 +525,8 @@ def convert_cli(argv=None):
     check_device(ns.device)
     hybrid = ns.hybrid if ns.hybrid in PRESETS else csv_list(ns.hybrid, '--hybrid')
     layers = _int_range(ns.layers, '--layers') if ns.layers else None
-    settings = configs(p, HDPLSettings, hybrid, ns.rank, ns.groups, _overrides(ns.override), layers, beta=ns.beta, kl_mode=ns.kl_mode, noise=not ns.no_noise)
+    settings = configs(p, HDPLSettings, hybrid, ns.rank, ns.groups, _overrides(ns.override), layers, beta=ns.beta, kl_mode=ns.kl_mode, noise=not ns.no_noise,
+                       structure=ns.structure, match=None if ns.match == 'none' else ns.match)
     cs = configs(p, ConvertSettings, stage=ns.stage, alpha=ns.alpha, local_epochs=ns.local_epochs, local_lr=ns.local_lr, permute=ns.permute)
     data = configs(p, DataConfig, source=ns.calib, tokenizer=tok, seq_len=ns.seq_len, batch_size=ns.batch_size, val_docs=ns.val_docs,
                    val_batches=ns.val_batches, text_column=ns.text_column, seed=ns.seed, shuffle_buffer=256, max_doc_tokens=4096)

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['INPUT_GROUPS', 'STAGES', 'MIN_CALIB_TOKENS', 'HELD_OUT', 'TRAINABLE', 'block_mask', 'block_energy', 'fit_structured',
-           'silu_slope', 'init_from_dense', 'BlockRunner', 'ConvertSettings', 'mlp_permutation', 'permute_mlp_',
-           'check_calibration', 'dequantized', 'convert', 'lm_logits', 'domain_windows', 'mean_ce', 'calibration_ids',
-           'held_out_texts', 'held_out_windows', 'evaluate_domains', 'path_balance', 'kl_stats', 'Distiller',
-           'set_trainable', 'check_convert_out', 'convert_pretrained', 'inference_speed']
+           'silu_slope', 'init_from_dense', 'fit_lowrank', 'init_lowrank', 'BlockRunner', 'ConvertSettings',
+           'mlp_permutation', 'permute_mlp_', 'check_calibration', 'dequantized', 'convert', 'lm_logits',
+           'domain_windows', 'mean_ce', 'calibration_ids', 'held_out_texts', 'held_out_windows', 'evaluate_domains',
+           'path_balance', 'kl_stats', 'Distiller', 'set_trainable', 'check_convert_out', 'convert_pretrained',
+           'inference_speed']
 
 # %% ../nbs/13_convert.ipynb #c73591fa
 import copy, dataclasses, json, math, os, shutil, statistics, time, warnings
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .functional import block_diag_bmm, kl_per_token
-from .layer import HybridDualPathLinear, pop_aux_loss
+from .layer import HybridDualPathLinear, LowRankLinear, pop_aux_loss
 from .model import HDPLForCausalLM, LMOutput
 from .data import DataConfig, encode_documents, load_documents, load_tokenizer, make_data
 from .train import Trainer, TrainConfig, atomic_write, read_metrics
@@ -108,6 +109,35 @@ def init_from_dense(layer:HybridDualPathLinear, weight:torch.Tensor, cov:Optiona
     layer.decoder_weight.copy_(cast(f['dec'] / (alpha * silu_slope(t0))))
     if layer.bias is not None: layer.bias.copy_(bias if bias is not None else torch.zeros_like(layer.bias))
     return dict(rel_err=f['rel_err'], block_energy=block_energy(weight, layer.groups, cov))
+
+# %% ../nbs/13_convert.ipynb #920730ba
+def fit_lowrank(target:torch.Tensor, rank:int, cov:Optional[torch.Tensor]=None, damp:float=1e-4) -> dict:
+    "A rank-`rank` product D E ≈ `target` minimising tr(err C errᵀ): the truncated SVD of `target` in the coordinates whitened by C."
+    w = target.double(); o, i = w.shape
+    if rank > min(o, i): raise ValueError(f"rank {rank} is larger than the smaller side of a {o}×{i} weight")
+    c = None
+    if cov is not None:
+        if tuple(cov.shape) != (i, i): raise ValueError(f"cov must be {i}×{i} for a weight with {i} inputs, got {tuple(cov.shape)}")
+        c = cov.double(); c = c + damp * c.diagonal().mean() * torch.eye(i, dtype=c.dtype)
+    s = torch.linalg.cholesky(c) if c is not None else None
+    u, sv, vh = torch.linalg.svd(w @ s if s is not None else w, full_matrices=False)
+    dec = u[:, :rank] * sv[:rank]
+    enc = vh[:rank] if s is None else torch.linalg.solve_triangular(s.T, vh[:rank].T, upper=True).T
+    return dict(dec=dec, enc=enc, rel_err=float((_wnorm2(w - dec @ enc, c) / _wnorm2(w, c)).sqrt()))
+
+@torch.no_grad()
+def init_lowrank(layer:LowRankLinear, weight:torch.Tensor, cov:Optional[torch.Tensor]=None, bias:Optional[torch.Tensor]=None,
+                 damp:float=1e-4) -> dict:
+    "Set the low-rank pair `layer` in place so that it computes ≈ x Wᵀ (+ bias): `fit_lowrank` under the input second moment `cov`."
+    if tuple(weight.shape) != (layer.out_features, layer.in_features):
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit a layer {layer.in_features}→{layer.out_features}")
+    f = fit_lowrank(weight, layer.rank, cov, damp)
+    # balance the factors (D = U Σ^½, E = Σ^½ Vᵀ S⁻¹): the same product, neither factor much larger than the other, for training
+    n = (f['dec'].norm(dim=0) / f['enc'].norm(dim=1).clamp_min(1e-30)).sqrt().clamp_min(1e-30)
+    layer.decoder_weight.copy_((f['dec'] / n).to(layer.decoder_weight.dtype))
+    layer.encoder_weight.copy_((f['enc'] * n[:, None]).to(layer.encoder_weight.dtype))
+    if layer.bias is not None: layer.bias.copy_(bias if bias is not None else torch.zeros_like(layer.bias))
+    return dict(rel_err=f['rel_err'])
 
 # %% ../nbs/13_convert.ipynb #19d5d70a
 class _Stop(Exception): pass
@@ -247,7 +277,7 @@ def convert(model:nn.Module, settings:HDPLSettings, calib_ids:Optional[torch.Ten
             progress:bool=True) -> dict:
     "Make the dense Llama-family `model` an HDPL model in place (`hdplify` with `settings`), initialised as `cs.stage` says; returns what was done."
     cs = cs or ConvertSettings()
-    if getattr(type(model), '_hdpl_base', None) is not None or any(isinstance(m, HybridDualPathLinear) for m in model.modules()):
+    if getattr(type(model), '_hdpl_base', None) is not None or any(isinstance(m, (HybridDualPathLinear, LowRankLinear)) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already has HDPL layers: convert the dense model")
     if cs.stage != 'paper': check_calibration(calib_ids, getattr(model.config, 'vocab_size', None))
     dequantized(model)
@@ -292,8 +322,10 @@ def convert(model:nn.Module, settings:HDPLSettings, calib_ids:Optional[torch.Ten
                 dense = tblocks[i].get_submodule(PROJECTION_PATHS[n])
                 w = dense.weight.double() if m is None else dense.weight.double() @ m
                 if refit: sblocks[i].get_submodule(PROJECTION_PATHS[n]).weight.copy_(w.to(dense.weight.dtype)); continue
-                r = init_from_dense(sblocks[i].get_submodule(PROJECTION_PATHS[n]), w, css, dense.bias, cs.alpha, cs.noise, cs.iters, cs.damp, cs.ls_blocks)
-                info['projections'].append(dict(layer=i, name=n, **r))
+                layer = sblocks[i].get_submodule(PROJECTION_PATHS[n])
+                if isinstance(layer, LowRankLinear): r = init_lowrank(layer, w, css, dense.bias, cs.damp)
+                else: r = init_from_dense(layer, w, css, dense.bias, cs.alpha, cs.noise, cs.iters, cs.damp, cs.ls_blocks)
+                info['projections'].append(dict(layer=i, name=n, structure=type(layer).__name__, rank=layer.rank, **r))
         yt = [runner.block(i, h, tblocks) for h in ht]
         if local:
             with torch.enable_grad(): r = _train_block(sblocks[i], runner, hs, yt, ht, cs.local_epochs, cs.local_lr)
@@ -455,14 +487,15 @@ class Distiller(CausalLM):
         return dict(super().config_dict(), distil=dict(kd=self.kd, temperature=self.temperature, trainable=self.trainable))
 
 def set_trainable(model:nn.Module, trainable:str='blocks') -> int:
-    "Set `requires_grad` for distillation: 'all'; 'blocks' (the decoder blocks from the first HDPL one on, and the final norm); 'hdpl' (the HDPL layers only). Returns the trainable count."
+    "Set `requires_grad` for distillation: 'all'; 'blocks' (the decoder blocks from the first HDPL one on, and the final norm); 'hdpl' (the HDPL layers, or low-rank pairs, only). Returns the trainable count."
     if trainable not in TRAINABLE: raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
     blocks = decoder_layers(model)
     model.requires_grad_(trainable == 'all')
     if trainable == 'hdpl':
-        for m in _hdpl_modules(model).values(): m.requires_grad_(True)
+        for m in model.modules():
+            if isinstance(m, (HybridDualPathLinear, LowRankLinear)): m.requires_grad_(True)
     elif trainable == 'blocks':
-        first = next((i for i, b in enumerate(blocks) if any(isinstance(m, HybridDualPathLinear) for m in b.modules())), 0)
+        first = next((i for i, b in enumerate(blocks) if any(isinstance(m, (HybridDualPathLinear, LowRankLinear)) for m in b.modules())), 0)
         for b in list(blocks)[first:]: b.requires_grad_(True)
         norm = getattr(getattr(model, 'model', model), 'norm', None)
         if norm is not None: norm.requires_grad_(True)
@@ -470,8 +503,11 @@ def set_trainable(model:nn.Module, trainable:str='blocks') -> int:
 
 # %% ../nbs/13_convert.ipynb #11c5544f
 def _param_counts(model:nn.Module) -> dict:
+    "Parameters of the model and of its decoder blocks, as trained and as inference reads them (without HDPL's log-variance encoders)."
     blocks = decoder_layers(model)
-    return dict(total=sum(p.numel() for p in model.parameters()), blocks=sum(p.numel() for p in blocks.parameters()))
+    logvar = sum(m.rank * (m.in_features + 1) for m in model.modules() if isinstance(m, HybridDualPathLinear))
+    total, blk = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in blocks.parameters())
+    return dict(total=total, blocks=blk, total_inference=total - logvar, blocks_inference=blk - logvar)
 
 def _spec(**kw) -> dict:
     return json.loads(json.dumps(kw, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)))

@@ -20,9 +20,9 @@ from huggingface_hub.dataclasses import strict
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from .functional import LN2, hdpl_num_params
-from .layer import HybridDualPathLinear, pop_aux_loss
-from .params import HDPLConfig, PROJECTIONS, PRESETS, resolve_hybrid
+from .functional import LN2, MATCHES, hdpl_num_params, lowrank_num_params, matched_rank
+from .layer import HybridDualPathLinear, LowRankLinear, pop_aux_loss
+from .params import HDPLConfig, PROJECTIONS, PRESETS, STRUCTURES, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
 from .data import make_data
 from .train import Trainer, TrainConfig, read_metrics
@@ -56,6 +56,8 @@ class HDPLSettings:
     impl: str = 'fast'
     init: str = 'paper'
     noise: bool = True
+    structure: str = 'hdpl'              # 'lowrank': LowRankLinear pairs instead of HDPL layers (the equal-parameter control)
+    match: Optional[str] = 'training'    # 'lowrank': rank matched to the HDPL layer of (rank, groups) by this count; None: `rank` is the pair's rank
 
     def __post_init__(self):
         self.projections = resolve_hybrid(self.projections)
@@ -68,6 +70,13 @@ class HDPLSettings:
             for name, v in d.items():
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive integer{where}, got {v!r}")
         if self.layers is not None: self.layers = tuple(sorted({int(i) for i in self.layers}))
+        if self.structure not in STRUCTURES: raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if self.match is not None and self.match not in MATCHES: raise ValueError(f"match must be one of {MATCHES} or None, got {self.match!r}")
+
+    def lowrank_rank(self, name:str, in_features:int, out_features:int) -> int:
+        "structure='lowrank': the rank of projection `name`'s pair (matched to its HDPL layer by `match`, or `rank` itself)."
+        kw = self.for_projection(name)
+        return kw['rank'] if self.match is None else matched_rank(in_features, out_features, kw['rank'], kw['groups'], self.match)
 
     def for_projection(self, name:str) -> dict:
         "The `HybridDualPathLinear` keyword arguments of projection `name`."
@@ -87,12 +96,13 @@ class HDPLSettings:
 
     @classmethod
     def from_config(cls, cfg) -> 'HDPLSettings':
-        return cls(**{f.name: getattr(cfg, f'hdpl_{f.name}') for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(cfg, f'hdpl_{f.name}', f.default) for f in dataclasses.fields(cls)})    # a field added later: its default
 
 # %% ../nbs/12_hf.ipynb #be40939c
 @dataclass
 class ProjectionReport:
     layer: int; name: str; in_features: int; out_features: int; rank: int; groups: int; dense_params: int; hdpl_params: int
+    inference_params: int = 0   # what inference reads: without HDPL's log-variance encoder
     @property
     def ratio(self): return self.hdpl_params / self.dense_params
 
@@ -102,19 +112,21 @@ class HDPLReport(list):
     def dense_params(self): return sum(r.dense_params for r in self)
     @property
     def hdpl_params(self): return sum(r.hdpl_params for r in self)
+    @property
+    def inference_params(self): return sum(r.inference_params for r in self)
     def summary(self) -> list:
         rows = {}
         for r in self:
-            s = rows.setdefault(r.name, dict(projection=r.name, shape=f"{r.in_features}→{r.out_features}", rank=r.rank, groups=r.groups, layers=0, dense=0, hdpl=0))
-            s['layers'] += 1; s['dense'] += r.dense_params; s['hdpl'] += r.hdpl_params
+            s = rows.setdefault(r.name, dict(projection=r.name, shape=f"{r.in_features}→{r.out_features}", rank=r.rank, groups=r.groups, layers=0, dense=0, hdpl=0, inference=0))
+            s['layers'] += 1; s['dense'] += r.dense_params; s['hdpl'] += r.hdpl_params; s['inference'] += r.inference_params
         for s in rows.values(): s['ratio'] = round(s['hdpl'] / s['dense'], 3)
         return list(rows.values())
     def __repr__(self):
-        lines = [f"{'projection':>10} {'shape':>11} {'R':>4} {'K':>3} {'blocks':>6} {'dense':>11} {'HDPL':>11} {'ratio':>6}"]
+        lines = [f"{'projection':>10} {'shape':>11} {'R':>4} {'K':>3} {'blocks':>6} {'dense':>11} {'HDPL':>11} {'ratio':>6} {'inference':>11}"]
         for s in self.summary():
-            lines.append(f"{s['projection']:>10} {s['shape']:>11} {s['rank']:>4} {s['groups']:>3} {s['layers']:>6} {s['dense']:>11,} {s['hdpl']:>11,} {s['ratio']:>6.3f}")
+            lines.append(f"{s['projection']:>10} {s['shape']:>11} {s['rank']:>4} {s['groups']:>3} {s['layers']:>6} {s['dense']:>11,} {s['hdpl']:>11,} {s['ratio']:>6.3f} {s['inference']:>11,}")
         lines.append(f"{'total':>10} {'':>11} {'':>4} {'':>3} {len({r.layer for r in self}):>6} {self.dense_params:>11,} {self.hdpl_params:>11,} "
-                     f"{self.hdpl_params / max(1, self.dense_params):>6.3f}")
+                     f"{self.hdpl_params / max(1, self.dense_params):>6.3f} {self.inference_params:>11,}")
         return '\n'.join(lines)
 
 # %% ../nbs/12_hf.ipynb #cab9cadd
@@ -127,7 +139,7 @@ def _spans(ix) -> str:
     return ', '.join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
 def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
-    "Swap the projections `s` selects for fresh `HybridDualPathLinear` layers; checks every shape before changing anything."
+    "Swap the projections `s` selects for fresh `HybridDualPathLinear` layers (`LowRankLinear` pairs with structure='lowrank'); checks every shape before changing anything."
     blocks = decoder_layers(model)
     idx = range(len(blocks)) if s.layers is None else s.layers
     if bad := [i for i in idx if not 0 <= i < len(blocks)]:
@@ -139,10 +151,21 @@ def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
             parent = getattr(blocks[i], parent_path)
             dense = getattr(parent, attr, None)
             where = f"block {i} {PROJECTION_PATHS[name]}"
-            if isinstance(dense, HybridDualPathLinear): raise ValueError(f"{where} is already an HDPL layer")
+            if isinstance(dense, (HybridDualPathLinear, LowRankLinear)):
+                raise ValueError(f"{where} is already {'an HDPL layer' if isinstance(dense, HybridDualPathLinear) else 'a low-rank pair'}")
             if not isinstance(dense, nn.Linear): raise ValueError(f"{where} is {type(dense).__name__}, not an nn.Linear")
             kw = s.for_projection(name)
             d_out, d_in = dense.weight.shape
+            bias = dense.bias is not None
+            if s.structure == 'lowrank':
+                r = s.lowrank_rank(name, d_in, d_out)
+                if r > min(d_in, d_out):
+                    raise ValueError(f"{where}: rank={r} is wider than the smaller side of {d_in}→{d_out}: a low-rank pair that wide "
+                                     f"only adds parameters (override the rank for {name!r})")
+                plan.append((parent, attr, dense, dict(rank=r)))
+                n = lowrank_num_params(d_in, d_out, r, bias)
+                report.append(ProjectionReport(i, name, d_in, d_out, r, 0, dense.weight.numel() + d_out * bias, n, n))
+                continue
             for n, v in (('in', d_in), ('out', d_out)):
                 if v % kw['groups']: raise ValueError(f"{where}: {n}_features={v} does not split into groups={kw['groups']}; "
                                                       f"choose groups dividing {d_in} and {d_out} (override it per projection)")
@@ -150,10 +173,11 @@ def _replace_projections(model:nn.Module, s:HDPLSettings) -> HDPLReport:
                 raise ValueError(f"{where}: rank={kw['rank']} is wider than the projection ({d_in}→{d_out}); a rank above "
                                  f"max(in, out) = {max(d_in, d_out)} only adds parameters (override it per projection)")
             plan.append((parent, attr, dense, kw))
-            hp = hdpl_num_params(d_in, d_out, kw['rank'], kw['groups']) + (d_out if dense.bias is not None else 0)
-            dp = dense.weight.numel() + (d_out if dense.bias is not None else 0)
-            report.append(ProjectionReport(i, name, d_in, d_out, kw['rank'], kw['groups'], dp, hp))
-    new = [HybridDualPathLinear(d.in_features, d.out_features, bias=d.bias is not None, device=d.weight.device, dtype=d.weight.dtype, **kw)
+            hp = hdpl_num_params(d_in, d_out, kw['rank'], kw['groups'], bias=bias)
+            hi = hdpl_num_params(d_in, d_out, kw['rank'], kw['groups'], bias=bias, logvar=False)
+            report.append(ProjectionReport(i, name, d_in, d_out, kw['rank'], kw['groups'], dense.weight.numel() + d_out * bias, hp, hi))
+    layer_cls = LowRankLinear if s.structure == 'lowrank' else HybridDualPathLinear
+    new = [layer_cls(d.in_features, d.out_features, bias=d.bias is not None, device=d.weight.device, dtype=d.weight.dtype, **kw)
            for _, _, d, kw in plan]                       # every layer is built (and its settings checked) before any is swapped in
     for (parent, attr, _, _), layer in zip(plan, new): setattr(parent, attr, layer)
     return report
@@ -175,7 +199,7 @@ def _config_twin(base:type) -> type:
     "The HF-native HDPL config of a transformers config class: its fields + `hdpl_*` (defaults: surgical, R 128, K 8)."
     ann = {'hdpl_projections': list, 'hdpl_rank': int, 'hdpl_groups': int, 'hdpl_overrides': dict | None, 'hdpl_layers': list | None,
            'hdpl_beta': float, 'hdpl_kl_bound': float, 'hdpl_kl_mode': str, 'hdpl_free_bits': float, 'hdpl_impl': str,
-           'hdpl_init': str, 'hdpl_noise': bool}
+           'hdpl_init': str, 'hdpl_noise': bool, 'hdpl_structure': str, 'hdpl_match': str | None}
     d = HDPLSettings().to_config()
     ns = {'__annotations__': ann, 'model_type': f'hdpl_{base.model_type}', '__module__': __name__,
           '__doc__': f"`{base.__name__}` + the HDPL settings (`hdpl_*`, see `HDPLSettings`)", **{k: d[k] for k in ann}}
@@ -275,7 +299,7 @@ def _model_twin(base:type, config_class:type) -> type:
         base.__init__(self, config)
         _replace_projections(self, HDPLSettings.from_config(config))
     def _init_weights(self, module):
-        if isinstance(module, HybridDualPathLinear):
+        if isinstance(module, (HybridDualPathLinear, LowRankLinear)):
             if module.encoder_weight.device.type != 'meta': module.reset_parameters()
         else: base._init_weights(self, module)
     def forward(self, *args, **kwargs): return _forward_twin(self, *args, **kwargs)
@@ -309,22 +333,25 @@ _all_ = ['HDPLLlamaConfig', 'HDPLLlamaForCausalLM']
 # %% ../nbs/12_hf.ipynb #f92dfcb0
 def hdplify(model:nn.Module, hybrid='surgical', rank:int=128, groups:int=8, overrides:Optional[dict]=None, layers=None,
             beta:float=1e-3, kl_bound:float=LN2, kl_mode:str='paper', free_bits:float=0.1, impl:str='fast',
-            init:str='paper', noise:bool=True) -> HDPLReport:
-    "Replace, in place, the `hybrid` projections of a Llama-family model with HDPL layers; returns what was replaced."
-    s = HDPLSettings(hybrid, rank, groups, overrides, layers, beta, kl_bound, kl_mode, free_bits, impl, init, noise)
+            init:str='paper', noise:bool=True, structure:str='hdpl', match:Optional[str]='training') -> HDPLReport:
+    "Replace, in place, the `hybrid` projections of a Llama-family model with HDPL layers (`structure='lowrank'`: equal-parameter low-rank pairs); returns what was replaced."
+    s = HDPLSettings(hybrid, rank, groups, overrides, layers, beta, kl_bound, kl_mode, free_bits, impl, init, noise, structure, match)
     if isinstance(model, HDPLForCausalLM):
         if s.overrides or s.layers is not None:
             raise ValueError("hdpl's own HDPLForCausalLM records one rank and groups for every block; "
                              "for per-projection or per-block settings convert it first: hdplify(to_hf(model), ...)")
         c = model.config
-        keys = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise')
+        if s.structure == 'lowrank' and s.match is None:
+            raise ValueError("hdpl's own HDPLForCausalLM matches a low-rank pair's rank to an HDPL layer (match='training' or "
+                             "'inference'); for a rank set directly convert it first: hdplify(to_hf(model), ...)")
+        keys = ('rank', 'groups', 'beta', 'kl_bound', 'kl_mode', 'free_bits', 'impl', 'init', 'noise', 'structure', 'match')
         if c.hybrid and (diff := [k for k in keys if getattr(c, k) != getattr(s, k)]):
             raise ValueError(f"this model's HDPL layers ({', '.join(c.hybrid)}) have other settings ({', '.join(diff)}); hdpl's own "
                              "model records one set for all: use the same settings, or convert it first: hdplify(to_hf(model), ...)")
         report = _replace_projections(model, s)
         c.hybrid = resolve_hybrid(set(c.hybrid) | set(s.projections))
-        c.rank, c.groups, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise = (
-            s.rank, s.groups, s.beta, s.kl_bound, s.kl_mode, s.free_bits, s.impl, s.init, s.noise)
+        c.rank, c.groups, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise, c.structure, c.match = (
+            s.rank, s.groups, s.beta, s.kl_bound, s.kl_mode, s.free_bits, s.impl, s.init, s.noise, s.structure, s.match)
     elif isinstance(model, PreTrainedModel):
         base = type(model)
         if getattr(base, '_hdpl_base', None) is not None:
@@ -361,7 +388,8 @@ def to_hf(model:HDPLForCausalLM):
     c = model.config
     if not c.hybrid: hf = transformers.LlamaForCausalLM(llama_config(c))
     else:
-        s = HDPLSettings(c.hybrid, c.rank, c.groups, None, None, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise)
+        s = HDPLSettings(c.hybrid, c.rank, c.groups, None, None, c.beta, c.kl_bound, c.kl_mode, c.free_bits, c.impl, c.init, c.noise,
+                         c.structure, c.match)
         _, cfg_cls, model_cls = FAMILIES['llama']
         hf = model_cls(cfg_cls(**_fields(llama_config(c)), **s.to_config()))
     p = next(model.parameters())
@@ -384,8 +412,9 @@ def from_hf(hf_model) -> HDPLForCausalLM:
     if c.model_type == 'hdpl_llama':
         s = HDPLSettings.from_config(c)
         if s.overrides or s.layers is not None: problems.append("per-projection or per-block HDPL settings")
+        if s.structure == 'lowrank' and s.match is None: problems.append("low-rank pairs of a rank set directly (match=None)")
         kw = dict(hybrid=s.projections, rank=s.rank, groups=s.groups, beta=s.beta, kl_bound=s.kl_bound, kl_mode=s.kl_mode,
-                  free_bits=s.free_bits, impl=s.impl, init=s.init, noise=s.noise)
+                  free_bits=s.free_bits, impl=s.impl, init=s.init, noise=s.noise, structure=s.structure, match=s.match or 'training')
     else: kw = dict(hybrid=())
     if problems: raise ValueError("hdpl's HDPLForCausalLM cannot represent this model: " + '; '.join(problems) + " (keep it as a transformers model; hdplify works on it)")
     cfg = HDPLConfig(vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,

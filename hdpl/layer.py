@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['IMPLS', 'INITS', 'KL_MODES', 'PATHS', 'HybridDualPathLinear', 'free_bits_kl_loss', 'HDPLFunction', 'set_block_drop',
-           'pop_aux_loss', 'agreement']
+           'pop_aux_loss', 'agreement', 'LowRankLinear']
 
 # %% ../nbs/01_layer.ipynb #b0120d27
 import math
@@ -309,3 +309,30 @@ def agreement(a:nn.Module, b:nn.Module, x:torch.Tensor, seed:int=0) -> dict:
     res['out'], res['aux'], res['grad_x'] = (ya - yb).abs().max().item(), (auxa - auxb).abs().item(), (gxa - gxb).abs().max().item()
     res['grad_params'] = max((gpa[n] - gpb[n]).abs().max().item() for n in gpa)
     return res
+
+# %% ../nbs/01_layer.ipynb #e675d23b
+class LowRankLinear(nn.Module):
+    "Low-rank projection `(..., in_features) -> (..., out_features)` through `rank` dimensions: y = D (E x) (+ bias); the equal-parameter control for HDPL."
+    def __init__(self, in_features:int, out_features:int, rank:int, bias:bool=False, device=None, dtype=None):
+        super().__init__()
+        for name, v in (('in_features', in_features), ('out_features', out_features), ('rank', rank)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if rank > min(in_features, out_features):
+            raise ValueError(f"rank={rank} is wider than the smaller side of {in_features}→{out_features}: it adds parameters and no expressiveness")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        kw = dict(device=device, dtype=dtype)
+        self.encoder_weight = nn.Parameter(torch.empty(rank, in_features, **kw))
+        self.decoder_weight = nn.Parameter(torch.empty(out_features, rank, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        _orthogonal_(self.encoder_weight); _orthogonal_(self.decoder_weight)
+        if self.bias is not None: self.bias.zero_()
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features: raise ValueError(f"expected input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        return F.linear(F.linear(x, self.encoder_weight), self.decoder_weight, self.bias)
+
+    def extra_repr(self): return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.bias is not None}"

@@ -11,8 +11,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .layer import HybridDualPathLinear, pop_aux_loss
-from .params import HDPLConfig
+from .layer import HybridDualPathLinear, LowRankLinear, pop_aux_loss
+from .params import HDPLConfig, lowrank_rank
 
 # %% ../nbs/03_model.ipynb #c2ffe7b7
 class RMSNorm(nn.Module):
@@ -39,8 +39,9 @@ def apply_rope(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tens
 
 # %% ../nbs/03_model.ipynb #58649876
 def make_projection(cfg:HDPLConfig, name:str) -> nn.Module:
-    "Projection `name` ('q' … 'down') of one block: HDPL if `name in cfg.hybrid`, else a dense bias-free Linear."
+    "Projection `name` ('q' … 'down') of one block: if `name in cfg.hybrid` HDPL (or, with `cfg.structure='lowrank'`, the matched low-rank pair), else a dense bias-free Linear."
     d_in, d_out = cfg.projection_shape(name)
+    if name in cfg.hybrid and cfg.structure == 'lowrank': return LowRankLinear(d_in, d_out, lowrank_rank(cfg, name))
     if name in cfg.hybrid:
         return HybridDualPathLinear(d_in, d_out, rank=cfg.rank, groups=cfg.groups, beta=cfg.beta,
                                     kl_bound=cfg.kl_bound, impl=cfg.impl, init=cfg.init, noise=cfg.noise,

@@ -22,6 +22,7 @@ VARIANTS = {
     'deterministic': dict(hybrid='surgical', kl_mode='none', noise=False),
     'dense_equal':   dict(hybrid='baseline', d_ff='equal'),
     'path_dropout':  dict(hybrid='surgical', kl_mode='paper', noise=True, path_dropout=0.5, path_dropout_steps='half'),
+    'lowrank':       dict(hybrid='surgical', structure='lowrank', match='training', kl_mode='none', noise=False),
 }
 
 def equal_params_d_ff(cfg:HDPLConfig) -> int:

@@ -3,6 +3,8 @@
 - The shared SmolLM2-135M-Instruct (GGUF), two blocks converted, two distillation steps, through the installed console
   script; the result loads with `AutoModelForCausalLM` after `import hdpl`, runs and generates; the same command again
   does nothing.
+- The same with `--structure lowrank` (one block): low-rank pairs whose parameters equal the HDPL layers' inference
+  count, saved and reloaded as an HF checkpoint.
 - A killed run (SIGKILL after its first distillation checkpoint) started again with the same command ends with the same
   model, weight for weight, as a run that was never killed (a tiny random Llama, for speed)."""
 import json, os, signal, subprocess, sys, time
@@ -104,3 +106,31 @@ def test_convert_refuses_other_settings(data, tmp_path):
                                  num_key_value_heads=2)).save_pretrained(big)
     with pytest.raises(SystemExit) as e: convert_cli([str(big), str(tmp_path / 'o3')] + a[2:] + ['--calib-tokens', '2048'])
     assert e.value.code == 1                                                 # the tokenizer does not fit the model
+
+def test_convert_smollm2_lowrank(data, tmp_path):
+    "`hdpl_convert --structure lowrank`: the equal-parameter control of chapter 14, end to end on the shared GGUF."
+    from hdpl.layer import LowRankLinear
+    from hdpl.functional import hdpl_num_params
+    gguf = data / 'smollm2-135m-instruct' / 'SmolLM2-135M-Instruct.Q4_1.gguf'
+    out = tmp_path / 'smollm2-lowrank'
+    args = [str(gguf), str(out), '--structure', 'lowrank', '--match', 'inference', '--layers', '29', '--override', 'k:rank=48,v:rank=48',
+            '--tokenizer', str(data / 'smollm2-tokenizer'), '--calib', str(data / 'fineweb-edu-sample-10BT' / 'head-1M-chars.txt'),
+            '--calib-tokens', '2048', '--seq-len', '128', '--local-epochs', '1', '--distil-steps', '2', '--batch-size', '2', '--val-docs', '20',
+            '--val-batches', '1', '--eval-interval', '2', '--device', 'cpu']
+    r = subprocess.run(script('hdpl_convert') + args, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / 'convert.json').read_text())
+    assert res['finished'] and {p['structure'] for p in res['convert']['projections']} == {'LowRankLinear'}
+    m = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(m).__name__ == 'HDPLLlamaForCausalLM' and m.config.hdpl_structure == 'lowrank'
+    pairs = {n: x for n, x in m.named_modules() if isinstance(x, LowRankLinear)}
+    assert len(pairs) == 5 and all(n.startswith('model.layers.29.') for n in pairs)
+    assert not any(isinstance(x, HybridDualPathLinear) for x in m.modules())
+    for name, (d_in, d_out, R) in {'q_proj': (576, 576, 128), 'k_proj': (576, 192, 48), 'gate_proj': (576, 1536, 128)}.items():
+        pair = next(x for n, x in pairs.items() if n.endswith(name))
+        got = sum(p.numel() for p in pair.parameters())            # equal to the HDPL layer's inference count, to half a rank step
+        assert abs(got - hdpl_num_params(d_in, d_out, R, 8, logvar=False)) <= (d_in + d_out) / 2, (name, got)
+    ids = torch.tensor([[1, 504, 3458, 314, 4649, 282]])
+    with torch.no_grad(): lg = m(input_ids=ids).logits
+    assert torch.isfinite(lg).all() and m.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 9)
+    assert res['hdpl_params']['blocks'] < res['dense_params']['blocks']

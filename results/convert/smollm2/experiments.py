@@ -5,6 +5,8 @@
     python results/convert/smollm2/experiments.py pareto     # other placements and (R, K), stage 'local', no distillation
     python results/convert/smollm2/experiments.py distil-partial   # distillation of the last-15-blocks placement
     python results/convert/smollm2/experiments.py speed      # inference speed and memory, dense vs converted, interleaved
+    python results/convert/smollm2/experiments.py lowrank    # HDPL vs the low-rank pair at equal inference parameters: 4 budgets,
+                                                             # local epochs, and the same distillation for both (blocks 20-29)
 
 Each writes `<name>.json` beside this file (data from `find_data_dir()`, 2 threads). Run from the repository root."""
 import copy, json, os, statistics, sys, time
@@ -32,6 +34,14 @@ PARETO = [('surgical, blocks 13-29', dict(SURGICAL, layers=tuple(range(13, 30)))
           ('surgical, R 64 (k, v 32)', dict(SURGICAL, rank=64, overrides={'k': {'rank': 32}, 'v': {'rank': 32}})),
           ('surgical, K 4', dict(SURGICAL, groups=4))]
 WORK = Path(os.environ.get('HDPL_CONVERT_WORK', '/tmp/hdpl-convert-work'))
+LOWRANK_LAYERS = tuple(range(20, 30))
+LOWRANK_BUDGETS = [(32, 12), (64, 24), (128, 48), (192, 72)]          # (R of q, gate, up; R of k, v), K 8
+LOWRANK_EPOCHS = (1, 2, 8)                                           # local epochs beside the default 4, at R 128
+LOWRANK_DISTIL_STEPS = int(os.environ.get('LOWRANK_DISTIL_STEPS', 40))
+
+def budget(structure, r, rkv):
+    return HDPLSettings(rank=r, groups=8, overrides={'k': {'rank': rkv}, 'v': {'rank': rkv}}, kl_mode='none', layers=LOWRANK_LAYERS,
+                        structure=structure, match='inference')
 
 def log(*a): print(time.strftime('%H:%M:%S'), *a, flush=True)
 
@@ -112,6 +122,26 @@ def main(what):
         m = AutoModelForCausalLM.from_pretrained(WORK / f"pareto-{best['label'].replace(' ', '_').replace(',', '')}")
         res['label'] = best['label']
         res['distil'] = distil(base, m, tok, held, 'distil-partial', DISTIL_S, steps=PARTIAL_STEPS); log('distil-partial', res['distil']['ce'])
+    elif what == 'lowrank':
+        if (HERE / 'lowrank.json').is_file(): res = {**json.loads((HERE / 'lowrank.json').read_text()), **res}   # continue a stopped run
+        res.setdefault('rows', [])
+        done = {r['label'] for r in res['rows']}
+        plan = [(f"{st} R {r} (k, v {rkv}), local 4", st, r, rkv, 4) for r, rkv in LOWRANK_BUDGETS for st in ('hdpl', 'lowrank')]
+        plan += [(f"{st} R 128 (k, v 48), local {e}", st, 128, 48, e) for e in LOWRANK_EPOCHS for st in ('hdpl', 'lowrank')]
+        for label, st, r, rkv, e in plan:
+            if label in done: continue
+            m, row = one(base, held, calib, budget(st, r, rkv), 'local', local_epochs=e)
+            row.update(label=label, structure=st, rank=r, rank_kv=rkv, local_epochs=e,
+                       ranks=sorted({(p['name'], p.get('rank')) for p in row['projections']}) if st == 'lowrank' else None)
+            for k in ('projections', 'local'): row.pop(k)
+            res['rows'].append(row); save(what, res)
+            if e == 4 and r == 128: m.save_pretrained(WORK / f'lowrank-{st}-local')
+        for st in ('hdpl', 'lowrank'):                 # the same distillation budget for both: steps, tokens, lr, data order
+            key = f'distil-{st}'
+            if key in res: continue
+            from transformers import AutoModelForCausalLM
+            m = AutoModelForCausalLM.from_pretrained(WORK / f'lowrank-{st}-local')
+            res[key] = distil(base, m, tok, held, key, None, steps=LOWRANK_DISTIL_STEPS); log(key, res[key]['ce']); save(what, res)
     elif what == 'speed':
         from hdpl.convert import inference_speed
         from transformers import AutoModelForCausalLM
