@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TXT_SPLITS', 'HUB_HINT', 'SUFFIXES', 'find_data_dir', 'DataConfig', 'hub_problem', 'load_tokenizer',
            'encode_documents', 'load_documents', 'ShuffledDocs', 'TrainStream', 'validation_batches', 'Data',
-           'make_data']
+           'make_data', 'pack_tokens', 'save_packed', 'load_packed', 'PackedBatches']
 
 # %% ../nbs/04_data.ipynb #9ba1c8ec
 import atexit, copy, os, re, socket, warnings, weakref, zlib
@@ -576,3 +576,53 @@ def make_data(cfg:DataConfig, vocab_size:Optional[int]=None, rank:int=0, world_s
     val = validation_batches(docs, tok, cfg.seq_len, cfg.batch_size, cfg.val_docs, cfg.val_batches, rank, world_size, cfg.max_doc_tokens)
     train = TrainStream(docs, tok, cfg.seq_len, cfg.batch_size, cfg.val_docs, cfg.shuffle_buffer, cfg.seed, cfg.max_doc_tokens, rank, world_size)
     return Data(train, val, tok)
+
+# %% ../nbs/04_data.ipynb #1f841ecd
+def pack_tokens(docs, tokenizer, n_tokens:int, skip_docs:int=0, max_doc_tokens:Optional[int]=8192) -> torch.Tensor:
+    "The first `n_tokens` tokens of `docs` after the first `skip_docs` documents, each document + EOS, in order, as one 1-D int64 tensor."
+    _check_int('n_tokens', n_tokens, 1); _check_int('skip_docs', skip_docs, 0)
+    reader, chunks, n, seen = _Reader(docs), [], 0, 0
+    try:
+        while n < n_tokens:
+            texts = []
+            while len(texts) < TrainStream.tokenize_batch and (t := reader.next()) is not None:
+                seen += 1
+                if seen > skip_docs: texts.append(t)
+            if not texts: break
+            for a in encode_documents(tokenizer, texts, max_doc_tokens): chunks.append(a); n += len(a)
+    finally: reader.close()
+    if n < n_tokens: raise ValueError(f"the documents after the first {skip_docs:,} hold {n:,} tokens, fewer than the {n_tokens:,} asked for")
+    return torch.from_numpy(np.concatenate(chunks)[:n_tokens])
+
+def save_packed(path, vocab_size:int, **arrays) -> Path:
+    "Write token arrays (1-D tensors) by name into one `.npz` file: uint16 when `vocab_size` <= 65,536, else int32."
+    dt = np.uint16 if vocab_size <= 2**16 else np.int32
+    out = {}
+    for k, v in arrays.items():
+        a = np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v)
+        if a.size and (a.min() < 0 or a.max() >= vocab_size): raise ValueError(f"{k}: token ids outside [0, {vocab_size})")
+        out[k] = a.astype(dt)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp.npz'); np.savez(tmp, vocab_size=np.int64(vocab_size), **out); tmp.replace(path)
+    return path
+
+def load_packed(path) -> dict:
+    "The arrays of a `save_packed` file as int64 tensors, and its `vocab_size`."
+    with np.load(Path(path)) as z: return {k: (int(z[k]) if k == 'vocab_size' else torch.from_numpy(z[k].astype(np.int64))) for k in z.files}
+
+class PackedBatches:
+    "Endless (x, y) int64 batches of `batch_size` consecutive windows of `seq_len + 1` tokens cut in order from the 1-D `tokens` (wrapping around)."
+    def __init__(self, tokens:torch.Tensor, seq_len:int, batch_size:int):
+        _check_sizes(seq_len, batch_size)
+        L1 = seq_len + 1
+        n = len(tokens) // L1
+        if n < batch_size: raise ValueError(f"{len(tokens):,} tokens make {n} windows of {L1}, fewer than one batch of {batch_size}")
+        self.windows, self.batch_size, self.i = tokens[:n * L1].view(n, L1), batch_size, 0
+    def __iter__(self): return self
+    def __next__(self):
+        b = self.windows[torch.arange(self.i, self.i + self.batch_size) % len(self.windows)]; self.i += self.batch_size
+        return b[:, :-1].contiguous(), b[:, 1:].contiguous()
+    @property
+    def epochs(self) -> float: return self.i / len(self.windows)
+    def state_dict(self) -> dict: return {'i': self.i}
+    def load_state_dict(self, s:dict): self.i = int(s['i'])
