@@ -5,6 +5,7 @@
     python results/convert/smollm2/experiments.py pareto     # other placements and (R, K), stage 'local', no distillation
     python results/convert/smollm2/experiments.py distil-partial   # distillation of the last-15-blocks placement
     python results/convert/smollm2/experiments.py speed      # inference speed and memory, dense vs converted, interleaved
+    python results/convert/smollm2/experiments.py recount    # both parameter counts in the JSONs above (arithmetic only)
     python results/convert/smollm2/experiments.py lowrank    # HDPL vs the low-rank pair at equal inference parameters: 4 budgets,
                                                              # local epochs, and the same distillation for both (blocks 20-29)
 
@@ -42,6 +43,30 @@ LOWRANK_DISTIL_STEPS = int(os.environ.get('LOWRANK_DISTIL_STEPS', 40))
 def budget(structure, r, rkv):
     return HDPLSettings(rank=r, groups=8, overrides={'k': {'rank': rkv}, 'v': {'rank': rkv}}, kl_mode='none', layers=LOWRANK_LAYERS,
                         structure=structure, match='inference')
+
+def logvar_params(kw, n_blocks=30, d_in=576):
+    "Parameters of the log-variance encoders (R x d_in weights + R biases per HDPL layer) of a conversion with settings `kw`."
+    s = HDPLSettings(**kw)
+    return sum(s.for_projection(p)['rank'] * (d_in + 1) for _ in (s.layers if s.layers is not None else range(n_blocks)) for p in s.projections)
+
+def recount():
+    "Add the inference counts (without the log-variance encoders, which inference never reads) to the JSONs written before they were recorded."
+    settings = {'surgical': SURGICAL, **{label: kw for label, kw in PARETO}}
+    def fix(params, kw):
+        lv = logvar_params(kw) if kw else 0
+        params.setdefault('total_inference', params['total'] - lv); params.setdefault('blocks_inference', params['blocks'] - lv)
+    for name in ('stages', 'distil', 'distil-partial', 'pareto'):
+        f = HERE / f'{name}.json'
+        if not f.is_file(): continue
+        d = json.loads(f.read_text())
+        if name == 'stages':
+            fix(d['dense']['params'], None)
+            for st in ('paper', 'closed', 'refined', 'local'): fix(d[st]['params'], SURGICAL)
+        elif name == 'distil': fix(d['distil']['params'], SURGICAL)
+        elif name == 'distil-partial': fix(d['distil']['params'], settings[d['label']])
+        else:
+            for r in d['rows']: fix(r['params'], settings[r['label']])
+        save(name, d)
 
 def log(*a): print(time.strftime('%H:%M:%S'), *a, flush=True)
 
@@ -151,4 +176,4 @@ def main(what):
     save(what, res); log('done', what, f"{res['wall_s']:.0f}s")
 
 if __name__ == '__main__':
-    for w in sys.argv[1:]: main(w)
+    for w in sys.argv[1:]: recount() if w == 'recount' else main(w)
