@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .functional import block_diag_bmm, kl_per_token
+from .functional import block_diag_bmm, hdpl_num_params, kl_per_token
 from .layer import HybridDualPathLinear, LowRankLinear, pop_aux_loss
 from .model import HDPLForCausalLM, LMOutput
 from .data import DataConfig, encode_documents, load_documents, load_tokenizer, make_data
@@ -66,23 +66,29 @@ def _ls_blocks(m:torch.Tensor, groups:int, cov) -> torch.Tensor:
         out.append(torch.linalg.solve(cov[c, c], (m[r] @ cov[:, c]).T).T)
     return torch.cat(out)
 
+def _whitening(target:torch.Tensor, rank:int, cov, damp:float) -> tuple:
+    "(W in float64, the damped second moment C or None, its Cholesky factor S or None), after checking the shapes."
+    w = target.double(); o, i = w.shape
+    if rank > min(o, i): raise ValueError(f"rank {rank} is larger than the smaller side of a {o}×{i} weight")
+    if cov is None: return w, None, None
+    if tuple(cov.shape) != (i, i): raise ValueError(f"cov must be {i}×{i} for a weight with {i} inputs, got {tuple(cov.shape)}")
+    c = cov.double(); c = c + damp * c.diagonal().mean() * torch.eye(i, dtype=c.dtype)
+    return w, c, torch.linalg.cholesky(c)
+
+def _whitened_svd(m:torch.Tensor, s, rank:int) -> tuple:
+    "(D, E): the rank-`rank` truncated SVD of M S, mapped back so that D E ≈ M minimises tr(err C errᵀ)."
+    u, sv, vh = torch.linalg.svd(m @ s if s is not None else m, full_matrices=False)
+    return u[:, :rank] * sv[:rank], (vh[:rank] if s is None else torch.linalg.solve_triangular(s.T, vh[:rank].T, upper=True).T)
+
 def fit_structured(target:torch.Tensor, groups:int, rank:int, cov:Optional[torch.Tensor]=None, iters:int=4, damp:float=1e-4,
                    ls_blocks:bool=True) -> dict:
     "Blocks B and a rank-R product D E with B + D E ≈ `target`, minimising tr(err C errᵀ); E is whitened (E C Eᵀ = I)."
-    w = target.double(); o, i = w.shape
-    if rank > min(o, i): raise ValueError(f"rank {rank} is larger than the smaller side of a {o}×{i} weight")
-    c = None
-    if cov is not None:
-        if tuple(cov.shape) != (i, i): raise ValueError(f"cov must be {i}×{i} for a weight with {i} inputs, got {tuple(cov.shape)}")
-        c = cov.double(); c = c + damp * c.diagonal().mean() * torch.eye(i, dtype=c.dtype)
-    s = torch.linalg.cholesky(c) if c is not None else None
+    w, c, s = _whitening(target, rank, cov, damp); i = w.shape[1]
     blocks = _ls_blocks(w, groups, c) if ls_blocks else _blocks_of(w, groups)
     rounds = max(1, iters) if ls_blocks else 1
     for it in range(rounds):
         res = w - _dense_of(blocks, i, groups)
-        u, sv, vh = torch.linalg.svd(res @ s if s is not None else res, full_matrices=False)
-        dec = u[:, :rank] * sv[:rank]
-        enc = vh[:rank] if s is None else torch.linalg.solve_triangular(s.T, vh[:rank].T, upper=True).T
+        dec, enc = _whitened_svd(res, s, rank)
         if it < rounds - 1: blocks = _ls_blocks(w - dec @ enc, groups, c)
     err = w - _dense_of(blocks, i, groups) - dec @ enc
     return dict(blocks=blocks, dec=dec, enc=enc, rel_err=float((_wnorm2(err, c) / _wnorm2(w, c)).sqrt()))
@@ -113,16 +119,8 @@ def init_from_dense(layer:HybridDualPathLinear, weight:torch.Tensor, cov:Optiona
 # %% ../nbs/13_convert.ipynb #920730ba
 def fit_lowrank(target:torch.Tensor, rank:int, cov:Optional[torch.Tensor]=None, damp:float=1e-4) -> dict:
     "A rank-`rank` product D E ≈ `target` minimising tr(err C errᵀ): the truncated SVD of `target` in the coordinates whitened by C."
-    w = target.double(); o, i = w.shape
-    if rank > min(o, i): raise ValueError(f"rank {rank} is larger than the smaller side of a {o}×{i} weight")
-    c = None
-    if cov is not None:
-        if tuple(cov.shape) != (i, i): raise ValueError(f"cov must be {i}×{i} for a weight with {i} inputs, got {tuple(cov.shape)}")
-        c = cov.double(); c = c + damp * c.diagonal().mean() * torch.eye(i, dtype=c.dtype)
-    s = torch.linalg.cholesky(c) if c is not None else None
-    u, sv, vh = torch.linalg.svd(w @ s if s is not None else w, full_matrices=False)
-    dec = u[:, :rank] * sv[:rank]
-    enc = vh[:rank] if s is None else torch.linalg.solve_triangular(s.T, vh[:rank].T, upper=True).T
+    w, c, s = _whitening(target, rank, cov, damp)
+    dec, enc = _whitened_svd(w, s, rank)
     return dict(dec=dec, enc=enc, rel_err=float((_wnorm2(w - dec @ enc, c) / _wnorm2(w, c)).sqrt()))
 
 @torch.no_grad()
@@ -505,7 +503,8 @@ def set_trainable(model:nn.Module, trainable:str='blocks') -> int:
 def _param_counts(model:nn.Module) -> dict:
     "Parameters of the model and of its decoder blocks, as trained and as inference reads them (without HDPL's log-variance encoders)."
     blocks = decoder_layers(model)
-    logvar = sum(m.rank * (m.in_features + 1) for m in model.modules() if isinstance(m, HybridDualPathLinear))
+    logvar = sum(hdpl_num_params(m.in_features, m.out_features, m.rank, m.groups) - hdpl_num_params(m.in_features, m.out_features, m.rank, m.groups, logvar=False)
+                 for m in model.modules() if isinstance(m, HybridDualPathLinear))
     total, blk = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in blocks.parameters())
     return dict(total=total, blocks=blk, total_inference=total - logvar, blocks_inference=blk - logvar)
 
