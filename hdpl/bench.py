@@ -51,7 +51,9 @@ def interleaved(fns:dict, repeats:int=7, warmup:int=2, device='cpu') -> dict:
             if r >= warmup: times[k].append(time.perf_counter() - t)
     return times
 
-def medians(times:dict) -> dict: return {k: statistics.median(v) for k, v in times.items()}
+def medians(times:dict) -> dict:
+    "The median of each list of timings: `{name: [seconds, ...]}` -> `{name: seconds}`."
+    return {k: statistics.median(v) for k, v in times.items()}
 
 # %% ../nbs/09_bench.ipynb #7235b89b
 def saved_bytes(fn, exclude=()) -> int:

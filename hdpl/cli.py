@@ -315,6 +315,7 @@ def compare_cli(argv=None):
 
 # %% ../nbs/16_cli.ipynb #bd69ee61
 def bench_parser() -> Parser:
+    "The flags of `hdpl_bench`."
     p = Parser('hdpl_bench', description='Time HDPL layers and models against dense nn.Linear, side by side.')
     add_fields(p, BenchConfig, 'benchmark')
     return p
@@ -331,6 +332,7 @@ def bench_cli(argv=None):
 
 # %% ../nbs/16_cli.ipynb #5c69f54f
 def diagnose_parser() -> Parser:
+    "The flags of `hdpl_diagnose`."
     p = Parser('hdpl_diagnose',
         description="Per-path and KL diagnostics of a trained HDPL model on held-out validation batches: "
                     "norms of the block and variational outputs, validation loss with either path off, per-token KL vs ln 2, "
@@ -369,6 +371,7 @@ def diagnose_cli(argv=None):
 _VARIANT_FIELDS = ('hybrid', 'kl_mode', 'noise', 'path_dropout', 'path_dropout_steps', 'structure', 'match')
 
 def sweep_parser() -> Parser:
+    "The flags of `hdpl_sweep`."
     p = Parser('hdpl_sweep',
         description="Train a grid of model variants x seeds on identical data (English Wikipedia by default), evaluate each final "
                     "model on held-out and out-of-domain text, diagnose it, and write sweep_table.md, sweep_runs.csv, sweep.json "
@@ -416,6 +419,7 @@ def sweep_cli(argv=None):
 _CONVERT_FAMILIES = ('llama', 'mistral', 'qwen2')
 
 def convert_parser() -> Parser:
+    "The flags of `hdpl_convert`."
     p = Parser('hdpl_convert', description=("Convert a pretrained Llama-family causal LM to HDPL: initialise the HDPL layers from the dense "
                                             "weights, refine them block by block, distil against the dense model; write an HF checkpoint."),
                epilog="Run the same command again to continue a killed run.")

@@ -189,6 +189,8 @@ def _warn_larger(report:HDPLReport):
                           f"of the dense projection it replaces; a smaller rank (override it for {s['projection']!r}) keeps it below dense")
 
 # %% ../nbs/12_hf.ipynb #ad2e1685
+#| code-fold: true
+#| code-summary: "The HF-native classes: config and model twins, save and load (internals; click to show)"
 @dataclass
 class HDPLCausalLMOutput(CausalLMOutputWithPast):
     "`CausalLMOutputWithPast` + `ce_loss` (the LM loss alone) and `aux_loss` (Σ of the HDPL layers' KL terms)."

@@ -287,8 +287,12 @@ def steering_curves(model:nn.Module, directions:dict, eval_windows:dict, strengt
     finally: model.train(was)
     return rows
 
-def z_steer_ctx(model, directions, s): return steer(model, {n: {'add': s * v} for n, v in directions.items()})
-def residual_ctx(model, directions, s): return add_to_residual(model, {b: s * v for b, v in directions.items()})
+def z_steer_ctx(model, directions, s):
+    "A `steer` context adding `s` times each layer's direction to its latent z (`directions`: {layer name: vector})."
+    return steer(model, {n: {'add': s * v} for n, v in directions.items()})
+def residual_ctx(model, directions, s):
+    "An `add_to_residual` context adding `s` times each block's direction to its residual stream (`directions`: {block: vector})."
+    return add_to_residual(model, {b: s * v for b, v in directions.items()})
 
 @torch.no_grad()
 def generate_text(model:nn.Module, tokenizer, prompts:list, max_new_tokens:int=24, ctx=None) -> list:

@@ -8,6 +8,8 @@
     python results/convert/smollm2/experiments.py recount    # both parameter counts in the JSONs above (arithmetic only)
     python results/convert/smollm2/experiments.py lowrank    # HDPL vs the low-rank pair at equal inference parameters: 4 budgets,
                                                              # local epochs, and the same distillation for both (blocks 20-29)
+    python results/convert/smollm2/experiments.py lowrank-distil   # the same distillation at the other three budgets, both structures
+                                                                   # (re-converted: stage 'local' is deterministic; checked against lowrank.json)
 
 Each writes `<name>.json` beside this file (data from `find_data_dir()`, 2 threads). Run from the repository root."""
 import copy, json, os, statistics, sys, time
@@ -167,6 +169,22 @@ def main(what):
             from transformers import AutoModelForCausalLM
             m = AutoModelForCausalLM.from_pretrained(WORK / f'lowrank-{st}-local')
             res[key] = distil(base, m, tok, held, key, None, steps=LOWRANK_DISTIL_STEPS); log(key, res[key]['ce']); save(what, res)
+    elif what == 'lowrank-distil':                 # budgets R 32, 64, 192 (R 128 is distilled by 'lowrank'), into lowrank.json
+        res = json.loads((HERE / 'lowrank.json').read_text())
+        rows = {r['label']: r for r in res['rows']}
+        res.setdefault('distil_budgets', {})
+        for r, rkv in LOWRANK_BUDGETS:
+            for st in ('hdpl', 'lowrank'):
+                key = f"{st} R {r} (k, v {rkv})"
+                if r == 128 or key in res['distil_budgets']: continue
+                m, row = one(base, held, calib, budget(st, r, rkv), 'local', local_epochs=4)
+                ref = rows[f"{key}, local 4"]['ce']
+                d = distil(base, m, tok, held, f'distil-{st}-{r}', None, steps=LOWRANK_DISTIL_STEPS)
+                res['distil_budgets'][key] = dict(structure=st, rank=r, rank_kv=rkv, local_ce=row['ce'], local_ce_recorded=ref,
+                                                  local_max_abs_diff=max(abs(row['ce'][k] - ref[k]) for k in ref),
+                                                  **{k: d[k] for k in ('seconds', 'steps', 'tokens', 'trainable', 'val_ce', 'params', 'ce')})
+                log(key, 'local', row['ce'], 'distil', d['ce']); save('lowrank', res)
+        return
     elif what == 'speed':
         from hdpl.convert import inference_speed
         from transformers import AutoModelForCausalLM
