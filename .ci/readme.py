@@ -2,7 +2,7 @@
 
 `nbdev_readme` needs Quarto, which cannot be installed on machines with no access beyond package registries.
 This script gives the same kind of GitHub-flavoured markdown: markdown cells as they are, code cells as
-fenced ``` python blocks, `#| hide` / `#| include: false` cells dropped, and no outputs.
+fenced ``` python blocks (a figure a cell draws becomes a pointer to the notebook), `#| hide` / `#| include: false` cells dropped, and no outputs.
 Relative `NN_name.ipynb` links get an `nbs/` prefix so that they work on GitHub.
 Where Quarto is installed, `nbdev_readme` can be used instead.
 
@@ -25,6 +25,8 @@ def render(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
             if i == 0: src = re.sub(r'^(# .*)$', r'\1\n\n' + WARN, src, count=1, flags=re.M)
             parts.append(src)
         elif cell.cell_type == 'code':
+            if any('image/png' in o.get('data', {}) for o in cell.get('outputs', [])):      # a figure: kept in the notebook
+                parts.append('*(A figure here in [the notebook](nbs/index.ipynb) and on the docs site.)*')
             if _hidden(extract_directives(cell)) or not cell.source.strip(): continue
             parts.append('``` python\n' + cell.source.strip() + '\n```')
     return '\n\n'.join(parts) + '\n'
