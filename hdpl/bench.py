@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = ['LAYER_VARIANTS', 'MODEL_SHAPES', 'PEAK_TFLOPS', 'INPUT_GROUPS', 'BMM_TOKENS', 'device_info', 'interleaved', 'medians',
            'saved_bytes', 'make_layer', 'layer_step', 'bench_layer', 'model_flops_per_token', 'bench_model',
-           'blocks_eval', 'FusedGroup', 'fuse_for_inference', 'unfuse_for_inference', 'fused_groups',
+           'blocks_eval', 'FusedGroup', 'fuse_for_inference', 'logvar_dropped', 'unfuse_for_inference', 'fused_groups',
+           'cache_step', 'param_memory', 'time_inference', 'profile_decode', 'bench_inference', 'inference_markdown',
            'results_markdown', 'write_results', 'plot_results', 'BenchConfig', 'bench']
 
 # %% ../nbs/09_bench.ipynb #f40ddd62
-import json, math, os, platform, statistics, time, weakref
+import inspect, json, math, os, platform, statistics, time, weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Optional
@@ -221,8 +222,8 @@ def blocks_eval(x2:torch.Tensor, wb:torch.Tensor, groups:int, out:torch.Tensor) 
 
 class FusedGroup:
     "HDPL layers that read one input, evaluated together: one GEMM for all their μ encoders, then each layer's decoder and blocks."
-    def __init__(self, layers):
-        self.layers = list(layers)
+    def __init__(self, layers, drop_logvar:bool=False):
+        self.layers, self.drop_logvar = list(layers), drop_logvar
         self._x, self._version, self._outs, self.stamp = None, None, {}, None
         self.refresh()
 
@@ -236,6 +237,11 @@ class FusedGroup:
             self.bias = torch.cat([l.encoder_bias[:l.rank] for l in self.layers]).contiguous()
         self.cuts = [0]
         for l in self.layers: self.cuts.append(self.cuts[-1] + l.rank)
+        if self.drop_logvar:                 # each layer keeps its mu rows only, as views into the stacked encoder: no copy
+            for l, a, b in zip(self.layers, self.cuts[:-1], self.cuts[1:]):
+                l.encoder_weight = nn.Parameter(self.weight[a:b], requires_grad=False)
+                l.encoder_bias = nn.Parameter(self.bias[a:b], requires_grad=False)
+                l.logvar_dropped = True
         self.stamp, self._x, self._outs = self._stamp(), None, {}
 
     def __call__(self, layer, x:torch.Tensor) -> Optional[torch.Tensor]:
@@ -261,22 +267,31 @@ class FusedGroup:
             outs[l] = o.view(*x.shape[:-1], l.out_features)
         self._x, self._version, self._outs = weakref.ref(x), x._version, outs
 
-def fuse_for_inference(model:nn.Module) -> nn.Module:
-    "Evaluate `model`'s HDPL layers fused (shared μ encoders of q, k, v and of gate, up; batched blocks) in eval without grad; returns `model`."
+def fuse_for_inference(model:nn.Module, drop_logvar:bool=False) -> nn.Module:
+    """Evaluate `model`'s HDPL layers fused (shared μ encoders of q, k, v and of gate, up; batched blocks) in eval without
+    grad; returns `model`. `drop_logvar=True` also frees every encoder's log-variance rows, which eval never reads, and makes
+    each layer's μ rows a view into its group's stacked encoder (no copy): the model then holds what inference reads and
+    no more, and refuses to train or to be saved (its weights are no longer the trainable layout) until they are reloaded."""
     unfuse_for_inference(model)
     done = set()
     for m in model.modules():
         for names in INPUT_GROUPS:
             ls = [getattr(m, n) for n in names if isinstance(getattr(m, n, None), HybridDualPathLinear)]
             if ls:
-                g = FusedGroup(ls)
+                g = FusedGroup(ls, drop_logvar=drop_logvar or any(l.__dict__.get('logvar_dropped') for l in ls))
                 for l in ls: l.inference_group = g; done.add(l)
     for m in model.modules():
-        if isinstance(m, HybridDualPathLinear) and m not in done: m.inference_group = FusedGroup([m])
+        if isinstance(m, HybridDualPathLinear) and m not in done:
+            m.inference_group = FusedGroup([m], drop_logvar=drop_logvar or m.__dict__.get('logvar_dropped', False))
     return model
 
+def logvar_dropped(model:nn.Module) -> list:
+    "Names of the HDPL layers of `model` whose log-variance rows `fuse_for_inference(drop_logvar=True)` freed."
+    return [n for n, m in model.named_modules() if isinstance(m, HybridDualPathLinear) and m.__dict__.get('logvar_dropped')]
+
 def unfuse_for_inference(model:nn.Module) -> nn.Module:
-    "Undo `fuse_for_inference`: every HDPL layer evaluated on its own again, the shared encoders freed; returns `model`."
+    """Undo `fuse_for_inference`: every HDPL layer evaluated on its own again, the shared encoders freed; returns `model`.
+    Log-variance rows freed by `drop_logvar=True` stay freed (the layers keep their μ rows and still refuse to train)."""
     for m in model.modules():
         if isinstance(m, HybridDualPathLinear): m.__dict__.pop('inference_group', None)
     return model
@@ -288,6 +303,117 @@ def fused_groups(model:nn.Module) -> list:
         g = m.__dict__.get('inference_group') if isinstance(m, HybridDualPathLinear) else None
         if g is not None: seen.setdefault(id(g), g)
     return list(seen.values())
+
+# %% ../nbs/09_bench.ipynb #dca2aa38
+def cache_step(m:nn.Module, ids:torch.Tensor, cache=None, **kw) -> tuple:
+    "One forward of a transformers causal LM with its KV cache: `(logits, cache)`, under the cache keyword the model's version takes (`cache` in transformers 5, `past_key_values` before)."
+    key = 'cache' if 'cache' in inspect.signature(type(m).forward).parameters else 'past_key_values'
+    out = m(input_ids=ids, use_cache=True, **({} if cache is None else {key: cache}), **kw)
+    return out.logits, getattr(out, key)
+
+@torch.no_grad()
+def _prefill(m, ids, device='cpu') -> float:
+    t = time.perf_counter(); cache_step(m, ids, logits_to_keep=1); _sync(device)
+    return time.perf_counter() - t
+
+@torch.no_grad()
+def _decode(m, ids, new_tokens:int, device='cpu') -> float:
+    "Seconds to decode `new_tokens` greedy tokens one at a time with the KV cache, after prefilling `ids` (not timed)."
+    lg, cache = cache_step(m, ids, logits_to_keep=1); _sync(device)
+    t = time.perf_counter()
+    for _ in range(new_tokens): lg, cache = cache_step(m, lg[:, -1:].argmax(-1), cache)
+    _sync(device)
+    return time.perf_counter() - t
+
+def param_memory(model:nn.Module) -> dict:
+    "MB of `model`'s parameters (each tensor once: a tied head is its embedding) and of the stacked encoders `fuse_for_inference` copied."
+    ps = {id(p): p for p in model.parameters()}.values()
+    extra = sum(g.weight.numel() * g.weight.element_size() + g.bias.numel() * g.bias.element_size()
+                for g in fused_groups(model) if not g.drop_logvar)              # with drop_logvar the layers' weights are views of them
+    return dict(params_mb=sum(p.numel() * p.element_size() for p in ps) / 2**20, fused_copies_mb=extra / 2**20)
+
+def time_inference(models:dict, prompt:int=512, new_tokens:int=64, context:int=128, batches=(1, 8), rounds:int=3, seed:int=0, device='cpu') -> dict:
+    """Tokens/s of prefill (1 × `prompt` tokens, the last position's logits, as `generate` asks) and of KV-cache decoding
+    (`new_tokens` after `context` tokens, at each batch size) for each transformers causal LM of `models` ({name: model},
+    put in eval mode), interleaved: one warm-up round, then `rounds` rounds whose order rotates; medians, and each as ×
+    the first model's. The models and the inputs are on `device`."""
+    for m in models.values(): m.eval()
+    vocab = next(iter(models.values())).config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    p1 = torch.randint(0, vocab, (1, prompt), generator=g).to(device)
+    ctx = {b: torch.randint(0, vocab, (b, context), generator=g).to(device) for b in batches}
+    names = list(models)
+    times = {n: {'prefill': [], **{f'decode_b{b}': [] for b in batches}} for n in names}
+    for r in range(rounds + 1):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            tp = _prefill(models[n], p1, device)
+            ds = {f'decode_b{b}': _decode(models[n], ctx[b], new_tokens, device) for b in batches}
+            if r:
+                times[n]['prefill'].append(tp)
+                for k, v in ds.items(): times[n][k].append(v)
+    out = {}
+    for n in names:
+        med = {k: statistics.median(v) for k, v in times[n].items()}
+        out[n] = {'prefill_tok_s': prompt / med['prefill'], **{f'decode_b{b}_tok_s': b * new_tokens / med[f'decode_b{b}'] for b in batches},
+                  'rounds_s': {k: [round(x, 4) for x in v] for k, v in times[n].items()}}
+    for n in names:
+        for k in [k for k in out[n] if k.endswith('_tok_s')]: out[n][k[:-len('_tok_s')] + '_x_base'] = out[n][k] / out[names[0]][k]
+    return out
+
+@torch.no_grad()
+def profile_decode(models:dict, context:int=128, tokens:int=8, top:int=10, seed:int=1, device='cpu') -> dict:
+    "Per token decoded at batch 1 with the KV cache, for each model: operator calls and self CPU time (`torch.profiler`), in total and for the `top` costliest ops."
+    from torch.profiler import profile, ProfilerActivity
+    vocab = next(iter(models.values())).config.vocab_size
+    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(seed)).to(device)
+    out = {}
+    for n, m in models.items():
+        lg, cache = cache_step(m.eval(), ids, logits_to_keep=1)
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(tokens): lg, cache = cache_step(m, lg[:, -1:].argmax(-1), cache)
+        ev = [e for e in p.key_averages() if e.self_cpu_time_total > 0]
+        out[n] = {'ops_per_token': sum(e.count for e in ev) / tokens, 'self_ms_per_token': sum(e.self_cpu_time_total for e in ev) / tokens / 1e3,
+                  'top': [{'op': e.key, 'calls_per_token': e.count / tokens, 'ms_per_token': e.self_cpu_time_total / tokens / 1e3}
+                          for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:top]]}
+    return out
+
+def bench_inference(make_models, dtypes=('float32', 'bfloat16'), threads=(2, 1), profile:bool=True, device='cpu', **kw) -> dict:
+    """`time_inference` (keywords `kw`) of the models `make_models(dtype)` returns ({name: model}, the baseline first; moved
+    to `device`) at each weight dtype and CPU thread count (`threads` empty: as set), one row per model, with its parameter
+    memory (counted after the timing, when fused models have rebuilt their stacked encoders in the new dtype); and, if
+    `profile`, `profile_decode` at the first dtype and thread count. Returns `{'rows': [...], 'profile': {...}}`."""
+    rows, prof, before = [], None, torch.get_num_threads()
+    try:
+        for dt in dtypes:
+            ms = {k: m.to(device) for k, m in make_models(dt).items()}
+            for th in (threads or [before]):
+                torch.set_num_threads(th)
+                res = time_inference(ms, device=device, **kw)
+                rows += [dict(kind='inference', dtype=dt, threads=th, model=n, **param_memory(ms[n]), **r) for n, r in res.items()]
+                if profile and prof is None: prof = dict(dtype=dt, threads=th, models=profile_decode(ms, device=device))
+            del ms
+    finally: torch.set_num_threads(before)
+    return dict(rows=rows, profile=prof)
+
+def inference_markdown(rows:list, profile:Optional[dict]=None) -> str:
+    "The inference rows (and profile) as markdown tables: tokens/s and × the baseline, parameter memory."
+    dec = sorted({int(k[len('decode_b'):-len('_tok_s')]) for r in rows for k in r if k.startswith('decode_b') and k.endswith('_tok_s')})
+    base = rows[0]['model']
+    head = ['dtype', 'threads', 'model', 'parameters (MB)', 'prefill tok/s', f'× {base}'] + [c for b in dec for c in (f'decode b{b} tok/s', f'× {base}')]
+    out = [f"Inference (medians of interleaved rounds; × {base} from the same run):", '',
+           '| ' + ' | '.join(head) + ' |', '|---|---|---|' + '--:|' * (len(head) - 3)]
+    for r in rows:
+        mem = f"{r['params_mb']:.0f}" + (f" + {r['fused_copies_mb']:.0f}" if r['fused_copies_mb'] else '')
+        out.append(f"| {r['dtype']} | {r['threads']} | {r['model']} | {mem} | {r['prefill_tok_s']:.0f} | {r['prefill_x_base']:.2f} | "
+                   + ' | '.join(f"{r[f'decode_b{b}_tok_s']:.1f} | {r[f'decode_b{b}_x_base']:.2f}" for b in dec) + ' |')
+    if profile:
+        out += ['', f"Decoding at batch 1, profiled ({profile['dtype']}, {profile['threads']} threads; per token):", '',
+                '| model | ops | self CPU ms | the 5 costliest ops (calls, ms) |', '|---|--:|--:|---|']
+        out += [f"| {n} | {v['ops_per_token']:.0f} | {v['self_ms_per_token']:.1f} | "
+                + ', '.join(f"`{t['op']}` ({t['calls_per_token']:.0f}, {t['ms_per_token']:.1f})" for t in v['top'][:5]) + ' |'
+                for n, v in profile['models'].items()]
+    return '\n'.join(out)
+
 
 # %% ../nbs/09_bench.ipynb #fedd19e9
 def _fmt(v, f): return '–' if v is None else format(v, f)
@@ -306,8 +432,8 @@ def results_markdown(res:dict) -> str:
                 '|---|---|---|--:|--:|--:|--:|--:|']
         out += [f"| {r['shape'].replace('x', '→')} | {r['dtype']} | {r['variant']} | {r['ms']:.1f} | {_fmt(r['vs_dense'], '.2f')} | "
                 f"{_fmt(r['vs_reference'], '.2f')} | {r['saved_mb']:.1f} | {_fmt(r['peak_mb'], '.0f')} |" for r in main]
-    if res['settings'].get('sweep'):
-        sw = [r for r in L if r['shape'] == res['settings']['sweep_shape'] and r['dtype'] == 'float32' and r['tokens'] in res['settings']['sweep']]
+    sw = [r for r in L if r['shape'] == res['settings'].get('sweep_shape') and r['dtype'] == 'float32' and r['tokens'] in (res['settings'].get('sweep') or [])]
+    if sw:
         variants = list(dict.fromkeys(r['variant'] for r in sw))
         out += ['', f"Token sweep, {res['settings']['sweep_shape'].replace('x', '→')}, float32, time × dense:", '',
                 '| tokens | ' + ' | '.join(variants) + ' |', '|--:|' + '--:|' * len(variants)]
@@ -321,6 +447,7 @@ def results_markdown(res:dict) -> str:
         out += [f"| {r['model']} | {r['params']:,} | {r['batch_size']} × {r['seq_len']} | {r['precision']} | {r['compile']} | "
                 f"{r['tokens_per_s']:,.0f} | {_fmt(r['vs_baseline'], '.3f')} | {_fmt(r['peak_mb'], '.0f')} | "
                 f"{'–' if r['mfu'] is None else format(r['mfu'], '.1%')} |" for r in M]
+    if I := [r for r in res['rows'] if r['kind'] == 'inference']: out += ['', inference_markdown(I, res.get('inference_profile'))]
     return '\n'.join(out) + '\n'
 
 def write_results(res:dict, out_dir) -> Path:
@@ -383,6 +510,19 @@ class BenchConfig:
     model_compile: str = 'auto'       # 'auto' (on CUDA), 'yes' or 'no'
     model_steps: int = 2              # optimizer steps per timed block
     model_rounds: int = 5             # timed interleaved blocks per model
+    layers: bool = True               # time the layer (the main table and the sweep)
+    inference: str = ''               # a transformers model (folder, hub name or .gguf): time its inference dense vs HDPL vs fused ('' for none)
+    inference_hdpl: str = ''          # that model converted to HDPL (hdpl_convert's output); '' : hdplify it (speed does not depend on the weights)
+    inference_rank: int = 128         # the HDPL rank R when hdplifying (q, gate, up)
+    inference_kv_rank: int = 48       # R of k and v when hdplifying
+    inference_groups: int = 8         # K when hdplifying
+    inference_prompt: int = 512       # prefill: 1 x this many tokens
+    inference_new: int = 64           # decode: this many new tokens, one at a time with the KV cache
+    inference_context: int = 128      # decode: after a prompt of this many tokens
+    inference_batches: str = '1,8'    # decode batch sizes
+    inference_dtypes: str = 'float32,bfloat16'   # weight dtypes
+    inference_threads: str = '2,1'    # CPU threads (each dtype at each count; '' : as set)
+    inference_rounds: int = 3         # timed interleaved rounds (after one warm-up round)
 
     def __post_init__(self): _check_bench(self)
 
@@ -397,7 +537,8 @@ def _shape(s:str, what:str) -> tuple:
 def _check_bench(c:BenchConfig):
     "Every setting of `c` that the benchmark could not run with raises a ValueError naming it."
     for f, lo in (('tokens', 1), ('seq_len', 1), ('repeats', 1), ('warmup', 0), ('model_batch', 0), ('model_seq', 1),
-                  ('model_steps', 1), ('model_rounds', 1)):
+                  ('model_steps', 1), ('model_rounds', 1), ('inference_rank', 1), ('inference_kv_rank', 1), ('inference_groups', 1),
+                  ('inference_prompt', 1), ('inference_new', 1), ('inference_context', 1), ('inference_rounds', 1)):
         v = getattr(c, f)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise ValueError(f"{f} must be an integer >= {lo}, got {v!r}")
     if c.device not in ('auto', 'cpu', 'cuda'): raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {c.device!r}")
@@ -418,9 +559,21 @@ def _check_bench(c:BenchConfig):
     if c.model_precision != 'auto' and (not _csv(c.model_precision) or set(_csv(c.model_precision)) - {'fp32', 'bf16'}):
         raise ValueError(f"model_precision must be 'auto' or comma-separated 'fp32', 'bf16', got {c.model_precision!r}")
     if c.model_compile not in ('auto', 'yes', 'no'): raise ValueError(f"model_compile must be 'auto', 'yes' or 'no', got {c.model_compile!r}")
+    try: b = _csv(c.inference_batches, int); th = _csv(c.inference_threads, int)
+    except ValueError: raise ValueError(f"inference_batches and inference_threads are comma-separated integers, got "
+                                        f"{c.inference_batches!r} and {c.inference_threads!r}") from None
+    if not b or min(b) < 1 or (th and min(th) < 1): raise ValueError(f"inference_batches must be integers >= 1 (and inference_threads too), got {c.inference_batches!r}")
+    if not _csv(c.inference_dtypes) or set(_csv(c.inference_dtypes)) - {'float32', 'bfloat16', 'float16'}:
+        raise ValueError(f"inference_dtypes must be comma-separated float32, bfloat16, float16, got {c.inference_dtypes!r}")
+    if c.inference_hdpl and not c.inference: raise ValueError("inference_hdpl needs inference: the dense model it is compared with")
+    if not (c.layers or c.model or c.inference): raise ValueError("nothing to time: layers and model are off and no inference model is given")
 
-def bench(cfg:BenchConfig) -> dict:
-    "Run the benchmark of `cfg`, write bench.json / bench.md / bench.png into `cfg.out_dir`; returns the results."
+def bench(cfg:BenchConfig, inference_models=None) -> dict:
+    """Run the benchmark of `cfg`, write bench.json / bench.md / bench.png into `cfg.out_dir`; returns the results.
+    `inference_models`: a function `dtype -> {name: model}` (the baseline first) for the inference part, which `cfg.inference`
+    asks for (`hdpl_bench --inference` builds it from the model named)."""
+    if cfg.inference and inference_models is None:
+        raise ValueError("cfg.inference is set but no inference_models was given: hdpl_bench --inference builds them from the model named")
     t0 = time.perf_counter()
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
     if device not in ('cpu', 'cuda'): raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
@@ -436,9 +589,9 @@ def bench(cfg:BenchConfig) -> dict:
     res = dict(device=device_info(device), settings={**asdict(cfg), 'sweep': sweep}, rows=[],
                date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), load_avg_1min={'start': load()})
     kw = dict(seq_len=cfg.seq_len, repeats=cfg.repeats, warmup=cfg.warmup, device=device)
-    for d_in, d_out in shapes:
+    for d_in, d_out in shapes if cfg.layers else ():
         for dt in dtypes: res['rows'] += bench_layer(d_in, d_out, cfg.tokens, dt, variants, **kw)
-    if sweep:
+    if sweep and cfg.layers:
         sd_in, sd_out = (int(v) for v in cfg.sweep_shape.lower().split('x'))
         sv = tuple(v for v in variants if v != 'compiled')
         for n in sweep:
@@ -451,7 +604,13 @@ def bench(cfg:BenchConfig) -> dict:
         for prec in precs:
             res['rows'] += bench_model(('baseline', 'surgical'), cfg.model_shape, batch, cfg.model_seq, prec,
                                        comp, cfg.model_steps, cfg.model_rounds, device=device)
+    if cfg.inference:
+        threads = _csv(cfg.inference_threads, int) if device == 'cpu' else []        # CPU threads matter on the CPU only
+        inf = bench_inference(inference_models, _csv(cfg.inference_dtypes), threads, prompt=cfg.inference_prompt,
+                              new_tokens=cfg.inference_new, context=cfg.inference_context, batches=tuple(_csv(cfg.inference_batches, int)),
+                              rounds=cfg.inference_rounds, device=device)
+        res['rows'] += inf['rows']; res['inference_profile'] = inf['profile']
     res['load_avg_1min']['end'] = load(); res['wall_s'] = time.perf_counter() - t0
     out = write_results(res, cfg.out_dir)
-    plot_results(res, out / 'bench.png')
+    if any(r['kind'] == 'layer' for r in res['rows']): plot_results(res, out / 'bench.png')
     return res

@@ -6,8 +6,8 @@
 __all__ = ['USER_ERRORS', 'XLA_HINT', 'COMMANDS', 'flag_of', 'add_fields', 'overrides', 'UsageError', 'CommandError', 'one_line',
            'fail', 'Parser', 'command', 'check_device', 'check_out_dir', 'check_out_file', 'check_run_dir',
            'check_data_file', 'check_data', 'configs', 'check_train', 'csv_list', 'train_parser', 'train_cli',
-           'compare_cli', 'bench_parser', 'bench_cli', 'diagnose_parser', 'diagnose_cli', 'sweep_parser', 'sweep_cli',
-           'convert_parser', 'check_source_model', 'convert_cli', 'main']
+           'compare_cli', 'bench_parser', 'inference_models', 'bench_cli', 'diagnose_parser', 'diagnose_cli',
+           'sweep_parser', 'sweep_cli', 'convert_parser', 'check_source_model', 'convert_cli', 'main']
 
 # %% ../nbs/16_cli.ipynb #2b7be7fa
 import argparse, contextlib, functools, glob, importlib.util, json, logging, os, re, stat, sys, types
@@ -320,15 +320,42 @@ def bench_parser() -> Parser:
     add_fields(p, BenchConfig, 'benchmark')
     return p
 
+def inference_models(src, hdpl_src=None, rank:int=128, kv_rank:int=48, groups:int=8):
+    """A function `dtype -> {name: model}` for `hdpl.bench.bench_inference`: the transformers model `src` (folder, hub name
+    or `.gguf`, loaded in float32, then cast) as 'dense'; as 'hdpl', `hdpl_src` (its HDPL conversion) or else `src`
+    hdplified surgical (R `rank`, k and v at `kv_rank`, K `groups`; new weights, the same speed); that model fused
+    ('hdpl fused') and fused with its log-variance rows freed ('hdpl fused, drop_logvar')."""
+    import copy, warnings
+    from hdpl.hf import hdplify, load_causal_lm
+    from hdpl.bench import fuse_for_inference
+    def make(dtype:str) -> dict:
+        dense = load_causal_lm(src).eval()
+        if hdpl_src: hd = load_causal_lm(hdpl_src).eval()
+        else:
+            hd = copy.deepcopy(dense); torch.manual_seed(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                hdplify(hd, 'surgical', rank=rank, groups=groups, overrides={'k': {'rank': kv_rank}, 'v': {'rank': kv_rank}})
+        ms = {'dense': dense, 'hdpl': hd, 'hdpl fused': fuse_for_inference(copy.deepcopy(hd)),
+              'hdpl fused, drop_logvar': fuse_for_inference(copy.deepcopy(hd), drop_logvar=True)}
+        return {k: m.to(getattr(torch, dtype)).eval() for k, m in ms.items()}
+    return make
+
 @command('hdpl_bench')
 def bench_cli(argv=None):
-    "Console script `hdpl_bench`: time the layer and the model against dense; write bench.json, bench.md, bench.png."
+    "Console script `hdpl_bench`: time the layer and the model against dense, and a transformers model's inference; write bench.json, bench.md (and bench.png)."
     p = bench_parser(); ns = p.parse_args(argv)
     cfg = configs(p, BenchConfig, **overrides(ns, ('benchmark',))['benchmark'])
     check_device(cfg.device, ('auto', 'cpu', 'cuda')); check_out_dir(cfg.out_dir)
-    res = bench(cfg)
+    make = None
+    if cfg.inference:
+        for flag, src in (('--inference', cfg.inference), ('--inference-hdpl', cfg.inference_hdpl)):
+            if src and not Path(src).expanduser().exists() and (_is_path(src) or src.endswith('.gguf') or src.count('/') != 1):
+                raise UsageError(f"{flag} {src} does not exist (a hub model is named org/name)")
+        make = inference_models(cfg.inference, cfg.inference_hdpl or None, cfg.inference_rank, cfg.inference_kv_rank, cfg.inference_groups)
+    res = bench(cfg, make)
     print(results_markdown(res))
-    print(f"written to {Path(res['settings']['out_dir']).resolve()}/bench.{{json,md,png}}")
+    print(f"written to {Path(res['settings']['out_dir']).resolve()}/bench.{{json,md{',png' if cfg.layers else ''}}}")
 
 # %% ../nbs/16_cli.ipynb #5c69f54f
 def diagnose_parser() -> Parser:

@@ -26,6 +26,7 @@ from .model import HDPLForCausalLM, LMOutput
 from .data import DataConfig, encode_documents, load_documents, load_tokenizer, make_data
 from .train import Trainer, TrainConfig, atomic_write, read_metrics
 from .hf import CausalLM, HDPLSettings, PROJECTION_PATHS, decoder_layers, hdplify, load_causal_lm
+from .bench import time_inference, param_memory
 
 # %% ../nbs/13_convert.ipynb #0d038a20
 def block_mask(out_features:int, in_features:int, groups:int) -> torch.Tensor:
@@ -624,38 +625,13 @@ def convert_pretrained(src, out, settings:Optional[HDPLSettings]=None, cs:Option
         raise
 
 # %% ../nbs/13_convert.ipynb #f214352a
-def _time_rounds(models, names, prompts, batch_sizes, new_tokens, repeats, times):
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:          # rotate the order each round
-            m = models[n]
-            t = time.perf_counter(); m(input_ids=prompts[1], use_cache=True); times[n]['prefill'].append(time.perf_counter() - t)
-            for b in batch_sizes:
-                out = m(input_ids=prompts[b], use_cache=True)
-                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-                t = time.perf_counter()
-                for _ in range(new_tokens):
-                    out = m(input_ids=tok, past_key_values=past, use_cache=True)
-                    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-                times[n][f'decode_b{b}'].append(time.perf_counter() - t)
-
-@torch.no_grad()
 def inference_speed(models:dict, prompt_len:int=512, new_tokens:int=32, batch_sizes=(1, 8), repeats:int=3, seed:int=0) -> dict:
-    "Prefill tokens/s (batch 1 × `prompt_len`) and KV-cache decode tokens/s at each batch size of each model, medians of interleaved rounds; parameter MB."
+    """Prefill tokens/s (batch 1 × `prompt_len`) and KV-cache decode tokens/s at each batch size (after `prompt_len`
+    tokens) of each model, medians of interleaved rounds after a warm-up round (`hdpl.bench.time_inference`); parameter MB."""
     if not models: raise ValueError("give at least one model")
     if prompt_len < 1 or new_tokens < 1 or repeats < 1: raise ValueError("prompt_len, new_tokens and repeats must be >= 1")
-    vocab = min(m.config.vocab_size for m in models.values())
-    g = torch.Generator().manual_seed(seed)
-    prompts = {b: torch.randint(0, vocab, (b, prompt_len), generator=g) for b in sorted({1, *batch_sizes})}
-    times = {n: {'prefill': [], **{f'decode_b{b}': [] for b in batch_sizes}} for n in models}
-    for m in models.values(): m.eval()
-    names = list(models)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)       # the name of the cache argument changes across transformers 5.x
-        _time_rounds(models, names, prompts, batch_sizes, new_tokens, repeats, times)
-    res = {}
-    for n, m in models.items():
-        med = {k: statistics.median(v) for k, v in times[n].items()}
-        res[n] = dict(params=sum(p.numel() for p in m.parameters()), param_mb=sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20,
-                      prefill_tok_s=prompt_len / med['prefill'], **{f'decode_b{b}_tok_s': b * new_tokens / med[f'decode_b{b}'] for b in batch_sizes},
-                      rounds={k: [round(x, 4) for x in v] for k, v in times[n].items()})
+    if len({m.config.vocab_size for m in models.values()}) > 1: raise ValueError("the models have different vocabularies")
+    t = time_inference(models, prompt=prompt_len, new_tokens=new_tokens, context=prompt_len, batches=tuple(batch_sizes), rounds=repeats, seed=seed)
+    res = {n: dict(params=sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()), param_mb=param_memory(m)['params_mb'],
+                   **{k: v for k, v in t[n].items() if k.endswith('_tok_s')}, rounds=t[n]['rounds_s']) for n, m in models.items()}
     return dict(prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats, threads=torch.get_num_threads(), models=res)

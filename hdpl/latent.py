@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['EDIT_KINDS', 'STRENGTHS', 'PROMPTS', 'hdpl_layers', 'LatentEdit', 'parse_edit', 'steer', 'capture_latents',
            'linear_probe', 'random_projection', 'latent_stats', 'read_latents', 'read_report', 'add_to_residual',
-           'residual_means', 'steering_curves', 'z_steer_ctx', 'residual_ctx', 'generate_text', 'pca_2d',
+           'residual_means', 'window_ce', 'steering_curves', 'z_steer_ctx', 'residual_ctx', 'generate_text', 'pca_2d',
            'steer_summary', 'latent_demo', 'plot_read', 'plot_steer', 'plot_pca']
 
 # %% ../nbs/15_latent.ipynb #a54e2c2f
@@ -273,17 +273,33 @@ def _kl_from(model, base_logp, idx, ctx) -> float:
     with ctx: lp = F.log_softmax(lm_logits(model, idx).float(), -1)
     return (lp.exp() * (lp - base_logp)).sum(-1).mean().item()
 
-def steering_curves(model:nn.Module, directions:dict, eval_windows:dict, strengths, make_ctx, kl_windows:int=2) -> dict:
-    "CE per domain (and mean KL to the unsteered next-token distribution, on the first domain) at each strength `s`, steering with `make_ctx(model, directions, s)`."
+@torch.no_grad()
+def window_ce(model:nn.Module, windows:torch.Tensor, batch_size:int=8) -> torch.Tensor:
+    "Mean next-token cross-entropy (nats) of each window, `(n_windows,)`, in eval mode."
+    out = []
+    for b in windows.split(batch_size):
+        lg = lm_logits(model, b[:, :-1]).float()
+        out.append(F.cross_entropy(lg.transpose(1, 2), b[:, 1:], reduction='none').mean(1))
+    return torch.cat(out)
+
+def steering_curves(model:nn.Module, directions:dict, eval_windows:dict, strengths, make_ctx, select_windows:Optional[dict]=None,
+                    kl_windows:int=2) -> list:
+    """At each strength `s`, steering with `make_ctx(model, directions, s)`: the CE of each domain (mean over `eval_windows`,
+    and per window under 'per_window'), the mean KL to the unsteered next-token distribution (first domain, its first
+    `kl_windows` eval windows) and, given `select_windows`, the CE per domain on those (under 'select': for choosing `s`)."""
     first = next(iter(eval_windows.values()))[:kl_windows]
     was = model.training; model.eval()
     try:
         with torch.no_grad(): base = F.log_softmax(lm_logits(model, first[:, :-1]).float(), -1)
         rows = []
         for s in strengths:
-            with make_ctx(model, directions, s): row = {d: mean_ce(model, w) for d, w in eval_windows.items()}
+            with make_ctx(model, directions, s):
+                per = {d: window_ce(model, w) for d, w in eval_windows.items()}
+                sel = {d: window_ce(model, w).mean().item() for d, w in (select_windows or {}).items()}
+            row = dict(s=float(s), **{d: v.mean().item() for d, v in per.items()}, per_window={d: v.tolist() for d, v in per.items()})
+            if select_windows: row['select'] = sel
             row['kl'] = _kl_from(model, base, first[:, :-1], make_ctx(model, directions, s))
-            rows.append(dict(s=float(s), **row))
+            rows.append(row)
     finally: model.train(was)
     return rows
 
@@ -314,32 +330,44 @@ def pca_2d(x:torch.Tensor) -> tuple:
     return (xc @ V[:2].T).float(), (S[:2].square().sum() / S.square().sum()).item()
 
 # %% ../nbs/15_latent.ipynb #f20eeae9
-STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+STRENGTHS = (-1.0, 0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 PROMPTS = ('The city of', 'In the morning, the', 'He was born in')
 
+def _paired(rows_s, rows_0, d):
+    x = np.asarray(rows_s['per_window'][d]) - np.asarray(rows_0['per_window'][d])
+    return x.mean(), x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float('nan'), float((x < 0).mean())
+
 def steer_summary(rows:list, toward:str, away:str) -> dict:
-    "The strength that lowers CE on `toward` most, with the changes in CE on both domains and the KL there (s > 0 only)."
+    """The strength s > 0 that lowers CE on `toward` most on the selection windows (on the eval windows themselves when
+    the rows have none), and at that s, on the eval windows: the change in CE of each domain (mean over windows, its
+    standard error, the fraction of windows whose CE fell) and the KL. `oracle_*`: the same, picking s on the eval windows."""
     base = next(r for r in rows if r['s'] == 0.0)
-    best = min((r for r in rows if r['s'] > 0), key=lambda r: r[toward])
-    return dict(s=best['s'], d_toward=best[toward] - base[toward], d_away=best[away] - base[away], kl=best['kl'])
+    pos = [r for r in rows if r['s'] > 0]
+    best = min(pos, key=lambda r: r['select'][toward] if 'select' in r else r[toward])
+    (dt, se_t, fell_t), (da, se_a, _) = _paired(best, base, toward), _paired(best, base, away)
+    oracle = min(pos, key=lambda r: r[toward])
+    return dict(s=best['s'], d_toward=dt, se_toward=se_t, fell_toward=fell_t, d_away=da, se_away=se_a, kl=best['kl'],
+                selected_on='select' if 'select' in best else 'eval', oracle_s=oracle['s'], oracle_d_toward=oracle[toward] - base[toward])
 
 def latent_demo(model:nn.Module, tokenizer, train_texts:dict, eval_texts:dict, dense:Optional[nn.Module]=None, seq_len:int=128,
-                n_train:int=32, n_eval:int=24, n_probe:int=64, strengths=STRENGTHS, steer_block:Optional[int]=None, prompts=PROMPTS,
+                n_train:int=32, n_eval:int=32, n_select:int=16, n_probe:int=64, strengths=STRENGTHS, steer_block:Optional[int]=None, prompts=PROMPTS,
                 gen_strengths=(0.0, 4.0, 16.0), max_new_tokens:int=20, stride:int=2, pca_layer:Optional[str]=None,
                 curve_blocks=None) -> dict:
     """Read, steer and picture the latent of an HDPL `model` (hdpl's or HF-native) on two domains (`{name: texts}`, toward the
     second: e.g. `{'wiki': [...], 'novels': [...]}`); steer the `dense` baseline by activation addition for comparison.
+    Steering directions come from `n_train` training windows per domain; the strength is chosen on `n_select` held-out
+    windows and reported on `n_eval` others (probes read the first `n_probe` held-out windows).
     `curve_blocks`: the blocks that get a steering curve each (None: all; `steer_block`, default the middle one, is always among them)."""
     if len(train_texts) != 2 or list(train_texts) != list(eval_texts): raise ValueError("train_texts and eval_texts name the same two domains")
     away, toward = list(train_texts)
     tr = {d: domain_windows(tokenizer, t, n_train, seq_len) for d, t in train_texts.items()}
-    ev = {d: domain_windows(tokenizer, t, max(n_eval, n_probe), seq_len) for d, t in eval_texts.items()}
+    ev = {d: domain_windows(tokenizer, t, max(n_select + n_eval, n_probe), seq_len) for d, t in eval_texts.items()}
     t0 = time.perf_counter()
     res = dict(domains=[away, toward], seq_len=seq_len, train_windows=n_train, eval_windows=n_eval, probe_windows=n_probe,
-               strengths=list(map(float, strengths)))
+               select_windows=n_select, strengths=list(map(float, strengths)))
     # 1. read: probes on held-out windows (split by sequence), active units, KL
     lat = read_latents(model, {d: w[:n_probe] for d, w in ev.items()}, stride=stride, max_tokens=n_probe * seq_len)
-    ev = {d: w[:n_eval] for d, w in ev.items()}
+    sel, ev = {d: w[:n_select] for d, w in ev.items()}, {d: w[n_select:n_select + n_eval] for d, w in ev.items()}
     res['read'] = read_report(lat)
     # 2. steer: mean mu of `toward` minus mean mu of `away`, on the training windows
     lat_tr = read_latents(model, tr, stride=stride, max_tokens=n_train * seq_len, inputs=False)
@@ -351,8 +379,8 @@ def latent_demo(model:nn.Module, tokenizer, train_texts:dict, eval_texts:dict, d
     z = {}
     for b in tqdm(blocks, desc='z steering', leave=False):
         db = {n: v for n, v in dirs.items() if _block_of(n) == b}
-        if db: z[f'block{b}'] = steering_curves(model, db, ev, strengths, z_steer_ctx)
-    z['all'] = steering_curves(model, dirs, ev, strengths, z_steer_ctx)
+        if db: z[f'block{b}'] = steering_curves(model, db, ev, strengths, z_steer_ctx, sel)
+    z['all'] = steering_curves(model, dirs, ev, strengths, z_steer_ctx, sel)
     res['z_steer'] = z
     db0 = {n: v for n, v in dirs.items() if _block_of(n) == b0}
     gen = {'z': {str(s): generate_text(model, tokenizer, prompts, max_new_tokens, z_steer_ctx(model, db0, s)) for s in gen_strengths}}
@@ -360,7 +388,7 @@ def latent_demo(model:nn.Module, tokenizer, train_texts:dict, eval_texts:dict, d
         mt, ma = residual_means(dense, tr[toward]), residual_means(dense, tr[away])
         rdirs = [a - b for a, b in zip(mt, ma)]
         res['residual_direction_norm'] = [v.norm().item() for v in rdirs]
-        res['residual_steer'] = {f'block{b}': steering_curves(dense, {b: rdirs[b]}, ev, strengths, residual_ctx)
+        res['residual_steer'] = {f'block{b}': steering_curves(dense, {b: rdirs[b]}, ev, strengths, residual_ctx, sel)
                                  for b in tqdm(blocks, desc='residual steering', leave=False)}
         gen['residual'] = {str(s): generate_text(dense, tokenizer, prompts, max_new_tokens, residual_ctx(dense, {b0: rdirs[b0]}, s))
                            for s in gen_strengths}
@@ -396,8 +424,10 @@ def plot_read(res:dict, path=None):
     if path: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
 
-def plot_steer(res:dict, path=None, block:Optional[int]=None):
-    "CE on each domain against the strength s (units of the difference of domain means) for z-steering and activation addition; and CE vs CE."
+def plot_steer(res:dict, path=None, block:Optional[int]=None, clip:float=0.3):
+    """Change in CE on each domain against the strength s (units of the difference of domain means), for z-steering and
+    activation addition, with ± one standard error over the eval windows (rows with 'per_window'); and ΔCE vs ΔCE.
+    The first two panels stop at +`clip` nats, so that the small changes stay visible next to the large ones."""
     import matplotlib.pyplot as plt
     b = res['steer_block'] if block is None else block
     away, toward = res['domains']
@@ -405,14 +435,22 @@ def plot_steer(res:dict, path=None, block:Optional[int]=None):
     if 'residual_steer' in res: curves[f'residual (dense), block {b}'] = res['residual_steer'][f'block{b}']
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     for (lab, rows), c in zip(curves.items(), ('C0', 'C2', 'C3')):
-        s = [r['s'] for r in rows]
-        ax[0].plot(s, [r[toward] for r in rows], 'o-', color=c, label=lab); ax[1].plot(s, [r[away] for r in rows], 'o-', color=c, label=lab)
-        ax[2].plot([r[away] - rows[[q['s'] for q in rows].index(0.0)][away] for r in rows],
-                   [r[toward] - rows[[q['s'] for q in rows].index(0.0)][toward] for r in rows], 'o-', color=c, label=lab)
-    ax[0].set_title(f'CE on {toward} (held out)'); ax[1].set_title(f'CE on {away} (held out)')
-    for a in ax[:2]: a.set_xscale('symlog', linthresh=1); a.set_xlabel(f's (× mean {toward} − mean {away})'); a.set_ylabel('CE (nats/token)')
+        s, base = [r['s'] for r in rows], next(r for r in rows if r['s'] == 0.0)
+        for a, d in ((ax[0], toward), (ax[1], away)):
+            if 'per_window' in base:
+                m, se = np.array([_paired(r, base, d)[:2] for r in rows]).T
+                a.fill_between(s, m - se, m + se, color=c, alpha=0.2, lw=0)
+            a.plot(s, [r[d] - base[d] for r in rows], 'o-', color=c, ms=3, label=lab)
+        ax[2].plot([r[away] - base[away] for r in rows], [r[toward] - base[toward] for r in rows], 'o-', color=c, ms=3, label=lab)
+    ax[0].set_title(f'ΔCE on {toward} (held out; ± s.e. over windows)'); ax[1].set_title(f'ΔCE on {away} (held out; ± s.e. over windows)')
+    for a in ax[:2]:
+        a.set_xscale('symlog', linthresh=0.1); a.set_xlabel(f's (× mean {toward} − mean {away})'); a.set_ylabel('ΔCE (nats/token)')
+        a.axhline(0, color='gray', lw=0.5)
+        lo, hi = a.get_ylim()
+        if hi > clip: a.set_ylim(lo, clip); a.text(0.98, 0.97, f'clipped at +{clip:g}', transform=a.transAxes, ha='right', va='top', fontsize=7)
     ax[2].set_xlabel(f'ΔCE {away}'); ax[2].set_ylabel(f'ΔCE {toward}'); ax[2].axhline(0, color='gray', lw=0.5); ax[2].axvline(0, color='gray', lw=0.5)
     ax[2].set_title('trade-off (down = better on the target domain)'); ax[0].legend(fontsize=8)
+    ax[2].set_xlim(right=min(ax[2].get_xlim()[1], clip)); ax[2].set_ylim(top=min(ax[2].get_ylim()[1], clip))
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110); plt.close(fig)
     return fig

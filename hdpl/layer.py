@@ -239,6 +239,8 @@ def _forward_fast(self:HybridDualPathLinear, x):
 
 # %% ../nbs/01_layer.ipynb #49000acf
 _FORWARDS = {'fast': _forward_fast, 'composed': _forward_composed, 'reference': _forward_reference}
+_DROPPED = ("this HDPL layer's log-variance encoder was freed by fuse_for_inference(model, drop_logvar=True): it runs in eval "
+            "mode only; reload its weights (from_pretrained, or load_state_dict of a full checkpoint into a fresh model) to train it")
 
 def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -248,6 +250,7 @@ def _forward(self:HybridDualPathLinear, x:torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
     if self.paths not in PATHS: raise ValueError(f"paths must be one of {PATHS}, got {self.paths!r}")
     if not 0 <= self.block_drop < 1: raise ValueError(f"block_drop must be in [0, 1), got {self.block_drop!r}")
+    if self.training and self.__dict__.get('logvar_dropped'): raise RuntimeError(_DROPPED)
     group = self.__dict__.get('inference_group')         # set by hdpl.bench.fuse_for_inference (chapter 09)
     if group is not None and not self.training:
         out = group(self, x)                              # None where the fused form does not apply
@@ -276,6 +279,7 @@ def _encode(self:HybridDualPathLinear, x:torch.Tensor) -> tuple:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != self.in_features:
         raise ValueError(f"{type(self).__name__}.encode expects a floating-point input of shape (..., {self.in_features}), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if self.__dict__.get('logvar_dropped'): raise RuntimeError(_DROPPED.replace('it runs in eval mode only', 'there is no log-variance to encode'))
     enc = F.linear(x, self.encoder_weight, self.encoder_bias)
     return enc[..., :self.rank], enc[..., self.rank:]
 

@@ -1,7 +1,8 @@
 """`fuse_for_inference` (chapter 09) on an `hdplify`'d grouped-query Llama (hidden 64, 2 blocks, 4 query / 2 key-value
 heads, surgical R 8 with k/v at R 4, K 4): the fused model computes the unfused one's logits, inside cached `generate()`,
 on left-padded batches, in bf16, under `torch.compile` and with latent edits; `save_pretrained` of a fused model writes
-the standard layout; training and gradients are untouched."""
+the standard layout; training and gradients are untouched; with `drop_logvar=True` it holds less and refuses to
+save or train."""
 import warnings
 import torch
 import transformers
@@ -107,3 +108,28 @@ def test_unfuse_and_refuse_twice():
     assert len(fused_groups(m)) == 4
     assert fused_groups(unfuse_for_inference(m)) == []
     assert all('inference_group' not in l.__dict__ for l in m.modules())
+
+def test_drop_logvar_same_function_less_memory(tmp_path):
+    from hdpl.bench import logvar_dropped
+    from hdpl.layer import HybridDualPathLinear
+    ref = tiny(); m = fuse_for_inference(tiny(), drop_logvar=True)
+    n = lambda mod: sum(p.numel() for p in {id(p): p for p in mod.parameters()}.values())
+    hd = [l for l in ref.modules() if isinstance(l, HybridDualPathLinear)]
+    assert n(m) == n(ref) - sum(l.rank * (l.in_features + 1) for l in hd)          # the log-variance rows are gone
+    assert len(logvar_dropped(m)) == len(hd) == 10
+    torch.testing.assert_close(logits(m), logits(ref), atol=1e-5, rtol=1e-5)
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad(): assert torch.equal(m.generate(X[:, :5], **kw), ref.generate(X[:, :5], **kw))
+    with steer(ref, {'model.layers.0.mlp.gate_proj': {'scale': 0.5}}): want = logits(ref)   # an edited layer runs on its own
+    with steer(m, {'model.layers.0.mlp.gate_proj': {'scale': 0.5}}): torch.testing.assert_close(logits(m), want, atol=1e-5, rtol=1e-5)
+    b = m.to(torch.bfloat16)                                                        # .to(): rebuilt at the next call, still views
+    assert (logits(b).float() - logits(ref.to(torch.bfloat16)).float()).abs().max() < 0.1
+    assert all(g.weight.data_ptr() == g.layers[0].encoder_weight.data_ptr() for g in fused_groups(b))
+    m = m.float(); fuse_for_inference(m)                                             # re-fused without the flag: stays dropped
+    assert len(logvar_dropped(m)) == 10
+    try: m.save_pretrained(tmp_path); raise AssertionError('saved')
+    except ValueError as e: assert 'drop_logvar=True' in str(e)
+    assert not any(tmp_path.iterdir())                                               # nothing written
+    m.train()
+    try: m(input_ids=X, labels=X); raise AssertionError('trained')
+    except RuntimeError as e: assert 'drop_logvar=True' in str(e) and 'reload' in str(e)

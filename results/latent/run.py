@@ -100,8 +100,9 @@ def analyse(data):
                     f"seq {SEQ}, tied embeddings; surgical HDPL (q,k,v,gate,up) R {RANK}, K {GROUPS} vs dense; trained with hdpl's Trainer "
                     f"on the enwiki+ELTeC mix, batch {BATCH}x{SEQ}: surgical {info['surgical']['steps']} steps "
                     f"(val CE {info['surgical']['min_val_ce']:.3f}, {info['surgical']['wall_s']:.0f} s), dense {info['dense']['steps']} steps "
-                    f"(val CE {info['dense']['min_val_ce']:.3f}, {info['dense']['wall_s']:.0f} s). Held out: {res['eval_windows']} windows of "
-                    f"{SEQ} tokens per domain (probes: every 2nd position, a quarter of the windows held out).")
+                    f"(val CE {info['dense']['min_val_ce']:.3f}, {info['dense']['wall_s']:.0f} s). Held out, per domain, windows of {SEQ} tokens: "
+                    f"{res['select_windows']} to choose each steering strength and {res['eval_windows']} others to report it; probes on the first "
+                    f"{res['probe_windows']} (every 2nd position, a quarter of the windows held out).")
     (OUT / 'latent.json').write_text(json.dumps(res, indent=1))
     plot_read(res, OUT / 'read.png'); plot_steer(res, OUT / 'steer.png'); plot_pca(res, OUT / 'pca.png')
     conv = Path('/work/artifacts/convert/smollm2-surgical')
