@@ -434,8 +434,10 @@ def plot_steer(res:dict, path=None, block:Optional[int]=None, clip:float=0.3):
     curves = {f'z, block {b}': res['z_steer'][f'block{b}'], 'z, all blocks': res['z_steer']['all']}
     if 'residual_steer' in res: curves[f'residual (dense), block {b}'] = res['residual_steer'][f'block{b}']
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    low = {toward: [0.0], away: [0.0]}
     for (lab, rows), c in zip(curves.items(), ('C0', 'C2', 'C3')):
         s, base = [r['s'] for r in rows], next(r for r in rows if r['s'] == 0.0)
+        for d in low: low[d] += [r[d] - base[d] for r in rows]
         for a, d in ((ax[0], toward), (ax[1], away)):
             if 'per_window' in base:
                 m, se = np.array([_paired(r, base, d)[:2] for r in rows]).T
@@ -446,11 +448,13 @@ def plot_steer(res:dict, path=None, block:Optional[int]=None, clip:float=0.3):
     for a in ax[:2]:
         a.set_xscale('symlog', linthresh=0.1); a.set_xlabel(f's (× mean {toward} − mean {away})'); a.set_ylabel('ΔCE (nats/token)')
         a.axhline(0, color='gray', lw=0.5)
-        lo, hi = a.get_ylim()
-        if hi > clip: a.set_ylim(lo, clip); a.text(0.98, 0.97, f'clipped at +{clip:g}', transform=a.transAxes, ha='right', va='top', fontsize=7)
+    for a, d in ((ax[0], toward), (ax[1], away)):
+        lo, hi = min(low[d]) - 0.01, a.get_ylim()[1]
+        a.set_ylim(lo, min(hi, clip))
+        if hi > clip: a.text(0.02, 0.97, f'clipped at +{clip:g}', transform=a.transAxes, ha='left', va='top', fontsize=7)
     ax[2].set_xlabel(f'ΔCE {away}'); ax[2].set_ylabel(f'ΔCE {toward}'); ax[2].axhline(0, color='gray', lw=0.5); ax[2].axvline(0, color='gray', lw=0.5)
     ax[2].set_title('trade-off (down = better on the target domain)'); ax[0].legend(fontsize=8)
-    ax[2].set_xlim(right=min(ax[2].get_xlim()[1], clip)); ax[2].set_ylim(top=min(ax[2].get_ylim()[1], clip))
+    ax[2].set_xlim(min(low[away]) - 0.01, min(ax[2].get_xlim()[1], clip)); ax[2].set_ylim(min(low[toward]) - 0.01, min(ax[2].get_ylim()[1], clip))
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
