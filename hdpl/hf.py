@@ -26,7 +26,7 @@ from .params import HDPLConfig, PROJECTIONS, PRESETS, STRUCTURES, resolve_hybrid
 from .model import HDPLForCausalLM, LMOutput
 from .data import make_data
 from .train import Trainer, TrainConfig, read_metrics
-from .bench import fuse_for_inference, unfuse_for_inference, logvar_dropped   # chapter 09; here too, beside the other HF-model tools
+from .bench import fuse_for_inference, unfuse_for_inference   # chapter 09; here too, beside the other HF-model tools
 
 # %% ../nbs/12_hf.ipynb #dce209a5
 PROJECTION_PATHS = {'q': 'self_attn.q_proj', 'k': 'self_attn.k_proj', 'v': 'self_attn.v_proj', 'o': 'self_attn.o_proj',
@@ -276,7 +276,7 @@ def _save_twin(self, save_directory, *args, **kwargs):
     "`save_pretrained` + `modeling_hdpl.py` and the config's `auto_map`, written beside `save_directory` and then moved in."
     target = Path(save_directory)
     if target.is_file(): raise FileExistsError(f"save_pretrained: {target} is a file, not a folder")
-    if dropped := logvar_dropped(self):
+    if dropped := [n for n, m in self.named_modules() if m.__dict__.get('logvar_dropped')]:   # fuse_for_inference(drop_logvar=True)
         raise ValueError(f"save_pretrained: {len(dropped)} HDPL layers (e.g. {dropped[0]}) had their log-variance rows freed by "
                          "fuse_for_inference(drop_logvar=True); their weights are not the layout from_pretrained loads. Save the "
                          "model before fusing it that way, or fuse it with drop_logvar=False")
