@@ -11,7 +11,7 @@ __all__ = ['INPUT_GROUPS', 'STAGES', 'MIN_CALIB_TOKENS', 'HELD_OUT', 'TRAINABLE'
            'inference_speed']
 
 # %% ../nbs/13_convert.ipynb #c73591fa
-import copy, dataclasses, json, math, os, shutil, statistics, time, warnings
+import copy, dataclasses, json, math, os, shutil, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
