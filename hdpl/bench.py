@@ -10,7 +10,7 @@ __all__ = ['LAYER_VARIANTS', 'MODEL_SHAPES', 'PEAK_TFLOPS', 'INPUT_GROUPS', 'BMM
            'results_markdown', 'write_results', 'plot_results', 'BenchConfig', 'bench']
 
 # %% ../nbs/09_bench.ipynb #f40ddd62
-import inspect, json, math, os, platform, statistics, time, weakref
+import functools, inspect, json, math, os, platform, statistics, time, weakref
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Optional
@@ -305,9 +305,12 @@ def fused_groups(model:nn.Module) -> list:
     return list(seen.values())
 
 # %% ../nbs/09_bench.ipynb #dca2aa38
+@functools.cache
+def _cache_key(cls) -> str: return 'cache' if 'cache' in inspect.signature(cls.forward).parameters else 'past_key_values'
+
 def cache_step(m:nn.Module, ids:torch.Tensor, cache=None, **kw) -> tuple:
     "One forward of a transformers causal LM with its KV cache: `(logits, cache)`, under the cache keyword the model's version takes (`cache` in transformers 5, `past_key_values` before)."
-    key = 'cache' if 'cache' in inspect.signature(type(m).forward).parameters else 'past_key_values'
+    key = _cache_key(type(m))                                      # looked up once per model class, not per token
     out = m(input_ids=ids, use_cache=True, **({} if cache is None else {key: cache}), **kw)
     return out.logits, getattr(out, key)
 
@@ -327,7 +330,7 @@ def _decode(m, ids, new_tokens:int, device='cpu') -> float:
 
 def param_memory(model:nn.Module) -> dict:
     "MB of `model`'s parameters (each tensor once: a tied head is its embedding) and of the stacked encoders `fuse_for_inference` copied."
-    ps = {id(p): p for p in model.parameters()}.values()
+    ps = list(model.parameters())                                  # parameters() yields a shared (tied) tensor once
     extra = sum(g.weight.numel() * g.weight.element_size() + g.bias.numel() * g.bias.element_size()
                 for g in fused_groups(model) if not g.drop_logvar)              # with drop_logvar the layers' weights are views of them
     return dict(params_mb=sum(p.numel() * p.element_size() for p in ps) / 2**20, fused_copies_mb=extra / 2**20)

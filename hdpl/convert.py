@@ -632,6 +632,6 @@ def inference_speed(models:dict, prompt_len:int=512, new_tokens:int=32, batch_si
     if prompt_len < 1 or new_tokens < 1 or repeats < 1: raise ValueError("prompt_len, new_tokens and repeats must be >= 1")
     if len({m.config.vocab_size for m in models.values()}) > 1: raise ValueError("the models have different vocabularies")
     t = time_inference(models, prompt=prompt_len, new_tokens=new_tokens, context=prompt_len, batches=tuple(batch_sizes), rounds=repeats, seed=seed)
-    res = {n: dict(params=sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()), param_mb=param_memory(m)['params_mb'],
+    res = {n: dict(params=sum(p.numel() for p in m.parameters()), param_mb=param_memory(m)['params_mb'],
                    **{k: v for k, v in t[n].items() if k.endswith('_tok_s')}, rounds=t[n]['rounds_s']) for n, m in models.items()}
     return dict(prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats, threads=torch.get_num_threads(), models=res)
