@@ -155,14 +155,15 @@ def _blocks_addmm_(out, x, wb, groups):
     for k in range(groups): out[:, k*go:(k+1)*go].addmm_(x[:, k*gi:(k+1)*gi], wb[k*go:(k+1)*go].t())
     return out
 
-def _kl_terms(mu, lv, kl_mode, bound, free_bits):
+def _kl_terms(mu, std, lv, kl_mode, bound, free_bits):
     "KL term before beta, and the mask of where it passes gradient (per token for 'paper', per dimension for 'free_bits')."
-    kl = gaussian_kl(mu, lv)
-    if kl.shape[0] == 0: return kl.sum(), torch.zeros_like(kl, dtype=torch.bool)   # no tokens: a zero term, no gradient
-    if kl_mode == 'paper':
-        tok = kl.sum(-1)
-        return tok.clamp(max=bound).mean(), (tok <= bound).unsqueeze(-1)
-    kl_d = kl.mean(0)
+    # Eq. 8 from three reductions, sum(mu^2) + sum(sigma^2) - sum(log sigma^2) - n: no (N, R) temporary is written
+    dt, dim = torch.promote_types(mu.dtype, torch.float32), (-1 if kl_mode == 'paper' else 0)
+    if mu.shape[0] == 0: return torch.zeros((), dtype=dt, device=mu.device), None   # no tokens: a zero term, no gradient
+    sq = lambda t: torch.linalg.vector_norm(t, dim=dim, dtype=dt).square()
+    kl = 0.5 * (sq(mu) + sq(std) - lv.sum(dim, dtype=dt) - mu.shape[dim])
+    if kl_mode == 'paper': return kl.clamp(max=bound).mean(), (kl <= bound).unsqueeze(-1)
+    kl_d = kl / mu.shape[0]
     return kl_d.clamp(min=free_bits).sum(), (kl_d >= free_bits).unsqueeze(0)
 
 class HDPLFunction(torch.autograd.Function):
@@ -170,50 +171,51 @@ class HDPLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wb, we, be, wd, eps, groups:int, beta:float, kl_mode:str, bound:float, free_bits:float):
         R = wd.shape[1]
-        has_lv = we.shape[0] == 2 * R                 # eval passes only the mu half of the encoder
-        enc = torch.addmm(be, x, we.t())
-        mu = enc[:, :R]
-        z = mu if eps is None else torch.addcmul(mu, torch.exp(0.5 * enc[:, R:]), eps)
+        kl_on = kl_mode != 'none' and we.shape[0] == 2 * R    # eval passes only the mu half of the encoder
+        mu = torch.addmm(be[:R], x, we[:R].t())               # mu and log sigma^2 as two contiguous products:
+        std = lv = None                                       # elementwise work on column halves runs far slower
+        if we.shape[0] == 2 * R and (eps is not None or kl_on):
+            lv = torch.addmm(be[R:], x, we[R:].t())
+            std = torch.mul(lv, 0.5).exp_()
+        z = mu if eps is None else torch.addcmul(mu, std, eps)
         out = _blocks_addmm_(torch.mm(F.silu(z), wd.t()), x, wb, groups)
-        dt = torch.promote_types(x.dtype, torch.float32)
         mask = None
-        if kl_mode == 'none' or not has_lv: aux = torch.zeros((), dtype=dt, device=x.device)
-        else:
-            terms, mask = _kl_terms(mu.to(dt), enc[:, R:].to(dt), kl_mode, bound, free_bits)
+        if kl_on:
+            terms, mask = _kl_terms(mu, std, lv, kl_mode, bound, free_bits)
             aux = beta * terms
-        ctx.save_for_backward(x, wb, we, wd, enc, eps, mask)
+        else: aux = torch.zeros((), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        ctx.save_for_backward(x, wb, we, wd, mu, std, eps, mask)
         ctx.groups, ctx.beta = groups, beta
         return out, aux
 
     @staticmethod
     def backward(ctx, g, g_aux):
-        x, wb, we, wd, enc, eps, mask = ctx.saved_tensors
+        x, wb, we, wd, mu, std, eps, mask = ctx.saved_tensors
         K, R, N = ctx.groups, wd.shape[1], x.shape[0]
         g = g.contiguous()
-        mu = enc[:, :R]
-        if eps is None: z = mu
-        else: std = torch.exp(0.5 * enc[:, R:]); z = torch.addcmul(mu, std, eps)
-        s = torch.sigmoid(z); h = z * s
-        gwd = torch.mm(g.t(), h)
-        gz = torch.mm(g, wd).mul_(s.mul_(z.sub(h).add_(1)))          # SiLU'(z) = s (1 + z - z s)
-        g_enc = torch.empty_like(enc)
-        g_enc[:, :R] = gz
-        if enc.shape[1] == 2 * R:
-            if eps is None: g_enc[:, R:] = 0
-            else: torch.mul(gz, std, out=g_enc[:, R:]).mul_(eps).mul_(0.5)
-        if mask is not None:
-            c = (g_aux * (ctx.beta / max(N, 1))).to(enc.dtype)     # both KL modes average over the N tokens
-            lv = enc[:, R:]
+        z = mu if eps is None else torch.addcmul(mu, std, eps)
+        gwd = torch.mm(F.silu(z).t(), g).t()                 # (h^T g)^T: this order runs faster than g^T h
+        n_enc = R if std is None else 2 * R                   # without noise or KL, log sigma^2 gets no gradient
+        g_enc = torch.empty(N, n_enc, dtype=mu.dtype, device=mu.device)
+        g_enc[:, :R] = torch.ops.aten.silu_backward(torch.mm(g, wd), z)   # written contiguous, then copied: faster
+        if std is not None:
+            if eps is None: g_enc[:, R:].zero_()
+            else: torch.mul(std, eps, out=g_enc[:, R:]).mul_(g_enc[:, :R]).mul_(0.5)   # dz/dlogvar = sigma eps / 2
+        if mask is not None and (mask.device.type != 'cpu' or mask.any()):
+            c = (g_aux * (ctx.beta / max(N, 1))).to(mu.dtype)      # both KL modes average over the N tokens
             g_enc[:, :R].addcmul_(mu * mask, c)
-            g_enc[:, R:].addcmul_((lv.exp() - 1) * mask, c * 0.5)
-        gx = torch.mm(g_enc, we)
+            g_enc[:, R:].addcmul_((std * std - 1) * mask, c * 0.5)
+        gx = torch.mm(g_enc, we[:n_enc])
         o, gi = wb.shape; go = o // K
-        gwb = torch.empty_like(wb)
+        gwb = wb.new_empty(K, gi, go)                         # each block's gradient transposed, x_k^T g_k (faster)
         for k in range(K):
-            gk = g[:, k*go:(k+1)*go]
+            gk, xk = g[:, k*go:(k+1)*go], x[:, k*gi:(k+1)*gi]
             gx[:, k*gi:(k+1)*gi].addmm_(gk, wb[k*go:(k+1)*go])
-            torch.mm(gk.t(), x[:, k*gi:(k+1)*gi], out=gwb[k*go:(k+1)*go])
-        return gx, gwb, torch.mm(g_enc.t(), x), g_enc.sum(0), gwd, None, None, None, None, None, None
+            torch.mm(xk.t(), gk, out=gwb[k])
+        gwb = gwb.transpose(1, 2).reshape(o, gi)
+        gwe, gbe = torch.mm(g_enc.t(), x), g_enc.sum(0)
+        if n_enc < we.shape[0]: gwe, gbe = torch.cat([gwe, torch.zeros_like(gwe)]), torch.cat([gbe, torch.zeros_like(gbe)])
+        return gx, gwb, gwe, gbe, gwd, None, None, None, None, None, None
 
 # %% ../nbs/01_layer.ipynb #651a4c6b
 def _fused_ok(self:HybridDualPathLinear, x) -> bool:
