@@ -173,7 +173,7 @@ class HDPLFunction(torch.autograd.Function):
         R = wd.shape[1]
         kl_on = kl_mode != 'none' and we.shape[0] == 2 * R    # eval passes only the mu half of the encoder
         mu = torch.addmm(be[:R], x, we[:R].t())               # mu and log sigma^2 as two contiguous products:
-        std = lv = None                                       # elementwise work on column halves runs far slower
+        std = lv = None                                       # elementwise work on column halves runs slower
         if we.shape[0] == 2 * R and (eps is not None or kl_on):
             lv = torch.addmm(be[R:], x, we[R:].t())
             std = torch.mul(lv, 0.5).exp_()
