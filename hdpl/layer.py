@@ -155,6 +155,15 @@ def _blocks_addmm_(out, x, wb, groups):
     for k in range(groups): out[:, k*go:(k+1)*go].addmm_(x[:, k*gi:(k+1)*gi], wb[k*go:(k+1)*go].t())
     return out
 
+def _blocks_backward_(gx, gwb, g, x, wb, groups):
+    "`gx[:, block k] += g_k W_k` and `gwb[k] = x_k^T g_k` (each block's weight gradient transposed: this order runs faster)."
+    o, gi = wb.shape; go = o // groups
+    for k in range(groups):
+        gk, xk = g[:, k*go:(k+1)*go], x[:, k*gi:(k+1)*gi]
+        gx[:, k*gi:(k+1)*gi].addmm_(gk, wb[k*go:(k+1)*go])
+        torch.mm(xk.t(), gk, out=gwb[k])
+    return gx, gwb
+
 def _kl_terms(mu, std, lv, kl_mode, bound, free_bits):
     "KL term before beta, and the mask of where it passes gradient (per token for 'paper', per dimension for 'free_bits')."
     # Eq. 8 from three reductions, sum(mu^2) + sum(sigma^2) - sum(log sigma^2) - n: no (N, R) temporary is written
@@ -197,7 +206,7 @@ class HDPLFunction(torch.autograd.Function):
         gwd = torch.mm(F.silu(z).t(), g).t()                 # (h^T g)^T: this order runs faster than g^T h
         n_enc = R if std is None else 2 * R                   # without noise or KL, log sigma^2 gets no gradient
         g_enc = torch.empty(N, n_enc, dtype=mu.dtype, device=mu.device)
-        g_enc[:, :R] = torch.ops.aten.silu_backward(torch.mm(g, wd), z)   # written contiguous, then copied: faster
+        torch.ops.aten.silu_backward.grad_input(torch.mm(g, wd), z, grad_input=g_enc[:, :R])   # dz, into its half of g_enc
         if std is not None:
             if eps is None: g_enc[:, R:].zero_()
             else: torch.mul(std, eps, out=g_enc[:, R:]).mul_(g_enc[:, :R]).mul_(0.5)   # dz/dlogvar = sigma eps / 2
@@ -206,12 +215,8 @@ class HDPLFunction(torch.autograd.Function):
             g_enc[:, :R].addcmul_(mu * mask, c)
             g_enc[:, R:].addcmul_((std * std - 1) * mask, c * 0.5)
         gx = torch.mm(g_enc, we[:n_enc])
-        o, gi = wb.shape; go = o // K
-        gwb = wb.new_empty(K, gi, go)                         # each block's gradient transposed, x_k^T g_k (faster)
-        for k in range(K):
-            gk, xk = g[:, k*go:(k+1)*go], x[:, k*gi:(k+1)*gi]
-            gx[:, k*gi:(k+1)*gi].addmm_(gk, wb[k*go:(k+1)*go])
-            torch.mm(xk.t(), gk, out=gwb[k])
+        o, gi = wb.shape
+        _, gwb = _blocks_backward_(gx, wb.new_empty(K, gi, o // K), g, x, wb, K)
         gwb = gwb.transpose(1, 2).reshape(o, gi)
         gwe, gbe = torch.mm(g_enc.t(), x), g_enc.sum(0)
         if n_enc < we.shape[0]: gwe, gbe = torch.cat([gwe, torch.zeros_like(gwe)]), torch.cat([gbe, torch.zeros_like(gbe)])
